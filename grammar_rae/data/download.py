@@ -1,0 +1,125 @@
+"""Explicit downloads of public datasets: fixed URLs, sha256 verified, kept in the cache.
+
+Nothing here runs at import or test time; only ``grammar-rae data download`` (or a call of
+:func:`fetch`) touches the network. ``--path`` uses a local copy instead, after the same check.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .parsed import cache_root, file_sha256
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    sha256: str
+    urls: tuple[str, ...]
+
+
+DATASETS: dict[str, tuple[RemoteFile, ...]] = {
+    "zinc250k": (
+        RemoteFile("250k_rndm_zinc_drugs_clean.smi",
+                   "f900b46bb42b77aab37cd827d1ea474e2a037ecab2bd7def2b6027492216d36a",
+                   ("https://raw.githubusercontent.com/mkusner/grammarVAE/master/data/250k_rndm_zinc_drugs_clean.smi",)),
+    ),
+    "mnist": tuple(
+        RemoteFile(f"{stem}.gz", sha, tuple(f"{base}{stem}.gz" for base in (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")))
+        for stem, sha in [
+            ("train-images-idx3-ubyte", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            ("train-labels-idx1-ubyte", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            ("t10k-images-idx3-ubyte", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            ("t10k-labels-idx1-ubyte", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        ]
+    ),
+}
+
+
+class ChecksumError(RuntimeError):
+    pass
+
+
+def dataset_dir(dataset: str, cache_dir: str | Path | None = None) -> Path:
+    return cache_root(cache_dir) / "datasets" / dataset
+
+
+def _verify(path: Path, expected: str) -> None:
+    got = file_sha256(path)
+    if got != expected:
+        raise ChecksumError(f"{path}: sha256 {got} does not match the published {expected}")
+
+
+def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Make ``dataset`` available in the cache and return its folder.
+
+    With ``path`` (a file for one-file sets, a folder otherwise), the local copy is verified and
+    linked into the cache; without it, each file is downloaded (trying mirrors in turn), verified
+    and moved into place atomically. Files already cached and verified are not fetched again.
+    """
+    if dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    out = dataset_dir(dataset, cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for remote in DATASETS[dataset]:
+        target = out / remote.name
+        if target.is_file():
+            _verify(target, remote.sha256)
+            continue
+        if path is not None:
+            src = Path(path)
+            src = src / remote.name if src.is_dir() else src
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} not found (expected {remote.name})")
+            _verify(src, remote.sha256)
+            tmp = out / f".{remote.name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+            continue
+        errors = []
+        for url in remote.urls:
+            try:
+                _download(url, target, remote.sha256, progress)
+                break
+            except (OSError, ChecksumError) as e:
+                errors.append(f"{url}: {e}")
+        else:
+            raise RuntimeError(f"could not download {remote.name}:\n  " + "\n  ".join(errors)
+                               + f"\nDownload it by hand and pass --path, or place it in {out}")
+    return out
+
+
+def _download(url: str, target: Path, sha256: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
+                while block := r.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+        _verify(Path(tmp), sha256)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def zinc250k_path(cache_dir: str | Path | None = None, path: str | Path | None = None) -> Path:
+    """The ZINC250k ``.smi`` file: ``path`` if given (used as is), else the cached download."""
+    if path is not None:
+        return Path(path)
+    f = dataset_dir("zinc250k", cache_dir) / DATASETS["zinc250k"][0].name
+    if not f.is_file():
+        raise FileNotFoundError(
+            f"ZINC250k is not in the cache ({f}). Run `grammar-rae data download zinc250k` "
+            "or pass --data PATH to a local copy.")
+    return f

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ZINC = SHARED_DATA / "zinc" / "250k_rndm_zinc_drugs_clean.smi"
+EXPRESSIONS = SHARED_DATA / "expressions" / "equation2_15_dataset.txt"
+MNIST = SHARED_DATA / "mnist"
+
+
+def need(path: Path) -> Path:
+    """Skip cleanly when the read-only reference data beside the project is absent."""
+    if not path.exists():
+        pytest.skip(f"reference data not present: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smiles():
+    from grammar_rae import load_grammar
+
+    return load_grammar("smiles")
+
+
+@pytest.fixture(scope="session")
+def expr():
+    from grammar_rae import load_grammar
+
+    return load_grammar("expr")
