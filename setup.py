@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "grammar_rae.grammar._lrparse",
-            ["grammar_rae/grammar/_lrparse.c"],
+            "grammar_rae.grammar._native",
+            ["grammar_rae/grammar/_native.c"],
             extra_compile_args=["-O3"],
             optional=True,
         )

@@ -8,6 +8,6 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[test]"
-.venv/bin/python -c "import grammar_rae.grammar._lrparse" 2>/dev/null \
+.venv/bin/python -c "import grammar_rae.grammar._native" 2>/dev/null \
   || echo "note: the C parser did not build (no C compiler?); the pure-Python parser is used" >&2
 echo "installed: $(.venv/bin/grammar-rae --version)"

@@ -38,6 +38,8 @@ def test_masks_select_exactly_the_rules_of_each_lhs(smiles):
     # rules that need `class` (no productions) push a non-terminal that can never expand
     r = smiles.productions.index("BACH -> charge class")
     assert smiles.rule_rhs_nonterminals[r] == (smiles.lhs_list.index("charge"), -1)
+    assert smiles.lhs_mask[:, r].any() and not smiles.decoding_mask[:, r].any()
+    assert (smiles.decoding_mask.sum() == 76 - 2) and smiles.rule_rhs_nonterminals[-1] == ()
 
 
 def test_expression_grammar(expr):

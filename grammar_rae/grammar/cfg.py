@@ -141,7 +141,13 @@ class Grammar:
             tuple(lhs_index.get(s.symbol(), -1) for s in p.rhs() if isinstance(s, nltk.Nonterminal))
             for p in prods
         ]
+        self.rule_rhs_nonterminals[-1] = ()  # padding pushes nothing
         self.start_index = lhs_index[self.start_symbol]
+        self.padding_lhs = int(self.rule_lhs[-1])
+        # A rule that pushes a non-terminal without rules can never complete (GVAE SMILES:
+        # `BACH -> charge class`); decoders never choose it.
+        completable = np.array([-1 not in nts for nts in self.rule_rhs_nonterminals])
+        self.decoding_mask = self.lhs_mask & completable[None, :]
 
         terms = {s for p in prods for s in p.rhs() if isinstance(s, str)}
         self.terminals: list[str] = sorted(terms, key=lambda t: (-len(t), t))

@@ -16,7 +16,7 @@ Why this design:
 The LR parser reduces in post-order; each reduction's node holds the pre-order rule list of its
 subtree (``[rule] + children``), so the root's list is the leftmost derivation.
 
-The same driver is written in C (``_lrparse.c``) for speed; this module is the reference
+The same driver is written in C (``_native.c``) for speed; this module is the reference
 implementation, the fallback when the extension is not built, and the source of error messages.
 """
 from __future__ import annotations
@@ -164,9 +164,9 @@ class LRParser:
 
     def parse(self, string: str) -> list[int]:
         if self._fast is not None:
-            from . import _lrparse
+            from . import _native
 
-            result = _lrparse.parse(self._fast, string)
+            result = _native.parse(self._fast, string)
             if type(result) is list:
                 return result
             # None: not in the language (the Python driver below says where and why);
@@ -255,7 +255,7 @@ class LRParser:
 def _make_fast_parser(p: LRParser):
     """Pack the tables for the C driver; None when the extension is not available."""
     try:
-        from . import _lrparse
+        from . import _native
     except ImportError:
         return None
     g = p.grammar
@@ -276,7 +276,7 @@ def _make_fast_parser(p: LRParser):
         for k, nxt in row.items():
             goto[s, k] = nxt
     terminals = [t.encode("utf-8") for t in g.terminals]
-    return _lrparse.make_tables(
+    return _native.make_tables(
         terminals, 1 if g._skip_space else 0, T, p.n_states, n_nt,
         action.tobytes(), np.asarray(conflicts, dtype=np.int32).tobytes(), goto.tobytes(),
         np.asarray(p.rule_lhs, dtype=np.int32).tobytes(), np.asarray(p.rule_len, dtype=np.int32).tobytes(),

@@ -1,4 +1,6 @@
-/* The backtracking LR driver of grammar_rae/grammar/lr.py, in C.
+/* Native kernels of grammar_rae: the exact parser's LR driver and the CPU masked decoder.
+ *
+ * 1. The backtracking LR driver of grammar_rae/grammar/lr.py.
  *
  * Same algorithm, same tables: tokenize by longest match, run the LR(1) automaton, try every
  * alternative of every conflicting cell, and return the pre-order (leftmost-derivation) rule list
@@ -268,12 +270,73 @@ done:
     return result;
 }
 
+/* 2. Grammar-masked argmax decoding on the CPU (grammar_rae/models/decoding.py has the tensor
+ * version and the per-sample reference). scores: float32 [B, T, R] (logits, or logits/temperature
+ * plus Gumbel noise when sampling); cand: int32 [n_lhs, M], the rules each LHS may choose, -1 padded;
+ * push: int32 [R, W], a rule's non-terminals right to left; n_push: int32 [R].
+ * Writes rules: int64 [B, T] and complete: uint8 [B]. Only the candidate rules of the popped
+ * left-hand side are compared, so a step costs a few comparisons instead of R. */
+static PyObject *masked_decode(PyObject *self, PyObject *args) {
+    Py_buffer sc, cand, push, npush, rules, complete;
+    int B, T, R, n_lhs, M, W, start, pad_lhs, pad_rule;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*iiiiiiiii", &sc, &cand, &push, &npush, &rules, &complete,
+                          &B, &T, &R, &n_lhs, &M, &W, &start, &pad_lhs, &pad_rule))
+        return NULL;
+    PyObject *ret = NULL;
+    int *stack = NULL;
+    if (sc.len != (Py_ssize_t)B * T * R * 4 || cand.len != (Py_ssize_t)n_lhs * M * 4 ||
+        push.len != (Py_ssize_t)R * W * 4 || npush.len != (Py_ssize_t)R * 4 ||
+        rules.len != (Py_ssize_t)B * T * 8 || complete.len != B) {
+        PyErr_SetString(PyExc_ValueError, "masked_decode: buffer sizes do not match the shapes");
+        goto out;
+    }
+    const float *S = (const float *)sc.buf;
+    const int *C = (const int *)cand.buf, *P = (const int *)push.buf, *NP = (const int *)npush.buf;
+    long long *out = (long long *)rules.buf;
+    unsigned char *ok = (unsigned char *)complete.buf;
+    Py_ssize_t depth = (Py_ssize_t)T * (W > 1 ? W - 1 : 1) + W + 1;
+    stack = (int *)malloc((size_t)depth * sizeof(int));
+    if (!stack) { PyErr_NoMemory(); goto out; }
+    Py_BEGIN_ALLOW_THREADS
+    for (int b = 0; b < B; b++) {
+        Py_ssize_t sp = 1;
+        stack[0] = start;
+        long long *row = out + (Py_ssize_t)b * T;
+        int t = 0;
+        int dead = 0;
+        for (; t < T && sp > 0; t++) {
+            int lhs = stack[--sp];
+            const float *s = S + ((Py_ssize_t)b * T + t) * R;
+            const int *c = C + (Py_ssize_t)lhs * M;
+            if (lhs < 0 || lhs >= n_lhs || c[0] < 0) { dead = 1; break; } /* an LHS with no usable rule */
+            int best = c[0];
+            float bv = s[best];
+            for (int k = 1; k < M && c[k] >= 0; k++)
+                if (s[c[k]] > bv) { bv = s[c[k]]; best = c[k]; } /* first maximum wins, like argmax */
+            row[t] = best;
+            for (int k = 0; k < NP[best]; k++) stack[sp++] = P[(Py_ssize_t)best * W + k];
+        }
+        ok[b] = sp == 0 && !dead;
+        for (; t < T; t++) row[t] = pad_rule; /* empty stack: the padding LHS allows only padding */
+        (void)pad_lhs;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+out:
+    free(stack);
+    PyBuffer_Release(&sc); PyBuffer_Release(&cand); PyBuffer_Release(&push); PyBuffer_Release(&npush);
+    PyBuffer_Release(&rules); PyBuffer_Release(&complete);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"make_tables", make_tables, METH_VARARGS, "Pack LR tables and terminals into a capsule."},
     {"parse", parse, METH_VARARGS,
      "parse(tables, string) -> list of rule indices | None (not in the language) | 2 (ambiguous) | 3 (over budget)"},
+    {"masked_decode", masked_decode, METH_VARARGS, "Grammar-masked argmax decoding of a [B, T, R] float32 score array."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lrparse", "C driver of the exact LR parser.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native kernels: exact LR parsing, masked decoding.", -1, methods};
 
-PyMODINIT_FUNC PyInit__lrparse(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,0 +1,1 @@
+"""Grammar and image autoencoders, their regularisers, and grammar-masked decoding."""

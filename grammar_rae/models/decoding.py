@@ -1,0 +1,191 @@
+"""Grammar-masked decoding (Kusner et al., ICML 2017, Sec. 3, Alg. 1), batched.
+
+A stack of non-terminals starts at the start symbol. At each step the top is popped, the logits are
+restricted to that left-hand side's rules (the mask), a rule is chosen (argmax, or a sample at a
+temperature via the Gumbel-max trick), and the rule's non-terminals are pushed right to left so the
+leftmost is expanded next. An empty stack emits the padding rule. The GrammarVAE runs this as a
+Python loop over samples; here one step is a handful of tensor operations for the whole batch, on
+CPU or GPU, and :func:`reference_decode` keeps the per-sample loop as the baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..grammar import Grammar
+
+
+@dataclass
+class Decoded:
+    rules: torch.Tensor      # [B, T] long, padding after the end of each derivation
+    complete: torch.Tensor   # [B] bool: the stack emptied within T steps
+    strings: list            # str for complete derivations, None otherwise
+
+    @property
+    def validity(self) -> float:
+        return float(self.complete.float().mean()) if len(self.complete) else 0.0
+
+
+class StackMachine:
+    """The decoding stacks of a batch; call :meth:`step` once per time step with that step's logits.
+
+    Autoregressive decoders interleave ``step`` with their own forward pass; decoders that produce
+    all logits at once use :func:`decode`.
+    """
+
+    def __init__(self, grammar: Grammar, batch: int, max_steps: int, device="cpu"):
+        self.grammar = grammar
+        tables = _tables(grammar, torch.device(device))
+        self.mask, self.push, self.n_push = tables
+        width = self.push.shape[1]
+        depth = max_steps * max(width - 1, 1) + width + 1  # each step grows the stack by ≤ width-1
+        self.stack = torch.zeros(batch, depth, dtype=torch.long, device=device)
+        self.stack[:, 0] = grammar.start_index
+        self.sp = torch.ones(batch, dtype=torch.long, device=device)
+        self._offsets = torch.arange(width, device=device)[None, :]
+        self._padding_lhs = torch.tensor(grammar.padding_lhs, device=device)
+
+    def current_mask(self) -> torch.Tensor:
+        """[B, R] bool: the rules allowed at this step (the padding rule once a stack is empty)."""
+        empty = self.sp == 0
+        top = self.stack.gather(1, (self.sp - 1).clamp(min=0)[:, None]).squeeze(1)
+        self._empty = empty
+        return self.mask[torch.where(empty, self._padding_lhs, top)]
+
+    def step(self, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Choose one rule per sample from ``logits`` [B, R]; returns the rule indices [B]."""
+        allowed = self.current_mask()
+        scores = _scores(logits, sample, temperature, generator)
+        rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
+        self.sp -= (~self._empty).long()  # pop
+        self.stack.scatter_(1, self.sp[:, None] + self._offsets, self.push[rule])  # push RHS, reversed
+        self.sp += self.n_push[rule]
+        return rule
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.sp == 0
+
+
+_TABLES: dict = {}
+
+
+def _tables(grammar: Grammar, device: torch.device):
+    key = (grammar.sha256, str(device))
+    if key not in _TABLES:
+        width = max(1, max(len(n) for n in grammar.rule_rhs_nonterminals))
+        push = torch.zeros(grammar.n_rules, width, dtype=torch.long)
+        n_push = torch.zeros(grammar.n_rules, dtype=torch.long)
+        for r, nts in enumerate(grammar.rule_rhs_nonterminals):
+            n_push[r] = len(nts)
+            for k, lhs in enumerate(reversed(nts)):
+                push[r, k] = max(lhs, 0)  # -1 (never completes) only on rules the mask forbids
+        mask = torch.as_tensor(grammar.decoding_mask)
+        _TABLES[key] = (mask.to(device), push.to(device), n_push.to(device))
+    return _TABLES[key]
+
+
+def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+                  generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
+    """The stack machine as tensor operations on any device (what :func:`decode` runs on GPU)."""
+    B, T, _ = logits.shape
+    scores = _scores(logits, sample, temperature, generator)
+    machine = StackMachine(grammar, B, T, logits.device)
+    rules = torch.full((B, T), grammar.padding_index, dtype=torch.long, device=logits.device)
+    with torch.no_grad():
+        for t in range(T):
+            rules[:, t] = machine.step(scores[:, t])
+            if t % 16 == 15 and bool(machine.done.all()):  # the rest is padding; one sync per 16 steps
+                break
+    return _finish(grammar, rules, machine.done, strings)
+
+
+@torch.no_grad()
+def decode(grammar: Grammar, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+           generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
+    """Decode a batch of per-step logits ``[B, T, R]`` under the grammar's masks.
+
+    On the GPU the stack machine runs as tensor operations; on the CPU the same choice (masked
+    argmax of the same scores) runs in the native kernel, which compares only each popped LHS's
+    rules. Sampling draws Gumbel noise for the whole batch at once in both cases.
+    """
+    B, T, _ = logits.shape
+    if logits.device.type == "cpu" and _native_kernel() is not None:
+        rules, complete = _native_decode(grammar, _scores(logits, sample, temperature, generator))
+        return _finish(grammar, rules, complete, strings)
+    return decode_tensor(grammar, logits, sample, temperature, generator, strings)
+
+
+def _scores(logits, sample, temperature, generator):
+    """Logits, or for sampling logits/temperature + Gumbel noise (argmax of it is a sample of
+    softmax(logits/temperature) restricted to the allowed rules)."""
+    scores = logits.float()
+    if sample:
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 (use sample=False for argmax)")
+        u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
+        scores = scores / temperature - torch.log(-torch.log(u))
+    return scores
+
+
+def _native_kernel():
+    try:
+        from ..grammar import _native
+    except ImportError:  # built without a C compiler: tensor operations on the CPU too
+        return None
+    return _native
+
+
+_CANDIDATES: dict = {}
+
+
+def _native_decode(grammar: Grammar, scores: torch.Tensor):
+    key = grammar.sha256
+    if key not in _CANDIDATES:
+        mask = grammar.decoding_mask
+        width = max(1, int(mask.sum(1).max()))
+        cand = np.full((len(mask), width), -1, dtype=np.int32)
+        for lhs, row in enumerate(mask):
+            idx = np.flatnonzero(row)
+            cand[lhs, : len(idx)] = idx
+        _, push, n_push = _tables(grammar, torch.device("cpu"))
+        _CANDIDATES[key] = (cand, push.numpy().astype(np.int32), n_push.numpy().astype(np.int32))
+    cand, push, n_push = _CANDIDATES[key]
+    B, T, R = scores.shape
+    s = np.ascontiguousarray(scores.numpy(), dtype=np.float32)
+    rules = np.empty((B, T), dtype=np.int64)
+    complete = np.empty(B, dtype=np.uint8)
+    _native_kernel().masked_decode(s, cand, push, n_push, rules, complete, B, T, R, cand.shape[0],
+                                   cand.shape[1], push.shape[1], grammar.start_index, grammar.padding_lhs,
+                                   grammar.padding_index)
+    return torch.from_numpy(rules), torch.from_numpy(complete.astype(bool))
+
+
+def _finish(grammar: Grammar, rules: torch.Tensor, complete: torch.Tensor, strings: bool) -> Decoded:
+    out = None
+    if strings:
+        rows = rules.cpu().numpy()
+        ok = complete.cpu().numpy()
+        out = [grammar.derive(r) if c else None for r, c in zip(rows, ok)]
+    return Decoded(rules, complete, out)
+
+
+def reference_decode(grammar: Grammar, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The GrammarVAE's per-sample loop (argmax), kept as the baseline and the test oracle."""
+    B, T, _ = logits.shape
+    mask = grammar.decoding_mask
+    rules = np.full((B, T), grammar.padding_index, dtype=np.int64)
+    complete = np.zeros(B, dtype=bool)
+    for b in range(B):
+        stack = [grammar.start_index]
+        for t in range(T):
+            lhs = stack.pop() if stack else grammar.padding_lhs
+            masked = np.where(mask[lhs], logits[b, t], -np.inf)
+            r = int(np.argmax(masked))
+            rules[b, t] = r
+            stack.extend(reversed(grammar.rule_rhs_nonterminals[r]))
+        complete[b] = not stack
+    return rules, complete
