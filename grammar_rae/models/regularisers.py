@@ -1,0 +1,80 @@
+"""Loss terms of the RAE/VAE family as pure functions (Ghosh et al., ICLR 2020, Sec. 2-3).
+
+L_RAE = L_REC + β·L_Z + λ·L_REG                                         (eq. 11)
+  L_Z   = ½‖z‖²                                                         (eq. 10)
+  L_REG = ‖θ_dec‖²      (RAE-L2: Tikhonov, decoder only)
+        | ‖∇_z ‖D(z)‖²‖² (RAE-GP: the official code's gradient penalty)
+        | —              (RAE-SN: spectral normalisation of the decoder's weights)
+VAE: L_REC + β·KL(N(μ, σ²) ‖ N(0, I))                     (Kingma & Welling 2014, appendix B)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (β, λ) defaults per model: β on the latent term, λ on the decoder regulariser. The grammar
+# experiments of the RAE paper do not list theirs; these follow its image-table magnitudes,
+# scaled to a summed-over-steps reconstruction loss.
+DEFAULT_WEIGHTS = {
+    "rae-l2": (1e-3, 1e-6),
+    "rae-gp": (1e-3, 1e-6),
+    "rae-sn": (1e-3, 0.0),
+    "rae": (1e-3, 0.0),
+    "ae": (0.0, 0.0),
+    "vae": (1.0, 0.0),
+    "cv-vae": (1e-3, 0.0),
+}
+
+
+def masked_nll(logits: torch.Tensor, rules: torch.Tensor, rule_competitors: torch.Tensor) -> torch.Tensor:
+    """Grammar-masked reconstruction loss per sequence (GrammarVAE, Sec. 3): at each step the logits
+    are restricted to the rules of the true rule's left-hand side, renormalised, and the true rule's
+    negative log-probability is summed over steps. Padding steps cost exactly 0 (one allowed rule)."""
+    allowed = rule_competitors[rules]                          # [B, T, R]
+    masked = logits.float().masked_fill(~allowed, float("-inf"))
+    nll = F.cross_entropy(masked.transpose(1, 2), rules, reduction="none")
+    return nll.sum(1)
+
+
+def latent_l2(z: torch.Tensor) -> torch.Tensor:
+    """½‖z‖² per sample (RAE eq. 10; also the CV-VAE's KL up to a constant)."""
+    return 0.5 * z.pow(2).sum(1)
+
+
+def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per sample."""
+    return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
+
+
+def decoder_parameters(decoder: nn.Module):
+    """The decoder's weights (biases and norms excluded), as Tikhonov regularisation penalises."""
+    return [p for n, p in decoder.named_parameters() if p.requires_grad and p.dim() > 1]
+
+
+def decoder_l2(decoder: nn.Module) -> torch.Tensor:
+    """‖θ_dec‖²: the sum of squared decoder weights -- applied to the decoder only, never the encoder."""
+    return sum(p.pow(2).sum() for p in decoder_parameters(decoder))
+
+
+def gradient_penalty(output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """‖∇_z ‖D(z)‖²‖² per sample: the gradient of the squared output norm with respect to the
+    latent (the official RAE code; not with respect to the input as pythae has it). ``z`` must be
+    the tensor ``output`` was computed from, with requires_grad."""
+    sq = output.float().pow(2).flatten(1).sum(1)
+    (grad,) = torch.autograd.grad(sq.sum(), z, create_graph=True)
+    return grad.pow(2).sum(1)
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018) of every weight matrix of ``module``: Linear
+    layers and each GRU weight matrix, so each has top singular value ≈ 1."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, nn.Linear):
+            spectral_norm(m)
+        elif isinstance(m, nn.RNNBase):
+            for name, p in list(m.named_parameters(recurse=False)):
+                if name.startswith("weight"):
+                    spectral_norm(m, name=name)
