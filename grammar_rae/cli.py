@@ -182,6 +182,81 @@ def data_generate(n, seed, max_length, grammar_name, out):
     click.echo(f"wrote {len(strings)} strings to {out}")
 
 
+# ---------------------------------------------------------------------------------------- models
+MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae"]
+
+
+@main.command()
+@click.option("--grammar", "grammar_name", type=click.Choice(["smiles", "expr"]), default="expr", show_default=True,
+              help="What to model: SMILES molecules or arithmetic expressions.")
+@click.option("--model", type=click.Choice(MODEL_CHOICES), default="rae-l2", show_default=True,
+              help="Regulariser family: RAE with L2/GP/SN decoder regularisation, plain RAE, AE, VAE, CV-VAE.")
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N rows of the data.")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Training strings (default: 100k generated expressions; ZINC250k from the cache).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--batch-size", default=600, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--decoder", type=click.Choice(["gvae", "autoregressive"]), default="gvae", show_default=True,
+              help="gvae: z repeated into a 3-layer GRU; autoregressive: the GRU also sees the previous rule.")
+@click.option("--latent-dim", type=int, default=None, help="Default: 25 (expr), 56 (smiles).")
+@click.option("--beta", type=float, default=None, help="Weight of the latent term (½‖z‖², or KL for VAE).")
+@click.option("--lam", type=float, default=None, help="Weight of the decoder regulariser (L2 / GP).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
+def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr, decoder, latent_dim, beta, lam,
+          device, seed, cache_dir):
+    """Train a grammar autoencoder into a run directory, then fit its ex-post densities.
+
+    A checkpoint is written atomically after every epoch; after a kill, the same command with
+    --resume continues from the last finished epoch.
+    """
+    from .checkpoint import RunError
+    from .run import train_run
+    from .train import TrainConfig, TrainingDiverged
+
+    overrides = {k: v for k, v in dict(latent_dim=latent_dim, beta=beta, lam=lam, decoder=decoder).items()
+                 if v is not None}
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    try:
+        run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume,
+                        cache_dir=cache_dir, log=click.echo, **overrides)
+    except (RunError, TrainingDiverged, FileNotFoundError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"done: {run} (sample with `grammar-rae sample --run {run} --n 100 --out samples.txt`)")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--n", "n", default=1000, show_default=True)
+@click.option("--density", type=click.Choice(["prior", "gaussian", "gmm"]), default="gmm", show_default=True,
+              help="Where codes come from: N(0, I), or the Gaussian / GMM fitted on the training codes.")
+@click.option("--stochastic", is_flag=True, help="Sample rules (at --temperature) instead of taking the argmax.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: one string a line (an empty line for an invalid decode).")
+def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
+    """Decode N strings from codes drawn from the run's ex-post density."""
+    from .checkpoint import RunError
+    from .run import sample_run
+
+    try:
+        strings = sample_run(run_dir, n, density, seed=seed, stochastic=stochastic, temperature=temperature,
+                             device=device)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join((s or "") + "\n" for s in strings), encoding="utf-8")
+    valid = sum(s is not None for s in strings)
+    click.echo(f"{n} samples ({density}): {valid / max(n, 1):.1%} grammar-complete, "
+               f"{len(set(s for s in strings if s)) / max(valid, 1):.1%} unique; written to {out}")
+
+
 # ---------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))

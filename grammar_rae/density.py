@@ -13,7 +13,6 @@ Saved as safetensors (arrays) + JSON (settings): nothing is ever pickled.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -132,15 +131,13 @@ class ExPostDensity:
         """``path.safetensors`` holds the arrays, ``path.json`` the settings; written atomically."""
         from safetensors.numpy import save_file
 
-        from .io import atomic_write_bytes
+        from .io import atomic_target, atomic_write_bytes
 
         self._need_fit()
         path = Path(path)
         arrays = {"weights": self.weights, "means": self.means, "chols": self.chols}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".safetensors.tmp")
-        save_file(arrays, str(tmp))
-        os.replace(tmp, path.with_suffix(".safetensors"))
+        with atomic_target(path.with_suffix(".safetensors")) as tmp:
+            save_file(arrays, tmp)
         meta = {"format": "grammar-rae-density/1", "kind": self.kind, "k": self.k, "seed": self.seed,
                 "reg_covar": self.reg_covar, "selection": self.selection}
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())

@@ -5,13 +5,12 @@ Nothing here runs at import or test time; only ``grammar-rae data download`` (or
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import atomic_target
 from .parsed import cache_root, file_sha256
 
 
@@ -78,9 +77,8 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found (expected {remote.name})")
             _verify(src, remote.sha256)
-            tmp = out / f".{remote.name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
+            with atomic_target(target) as tmp:
+                shutil.copyfile(src, tmp)
             continue
         errors = []
         for url in remote.urls:
@@ -98,19 +96,14 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
 def _download(url: str, target: Path, sha256: str, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+    with atomic_target(target) as tmp:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
                 while block := r.read(1 << 20):
                     f.write(block)
                     bar.update(len(block))
         _verify(Path(tmp), sha256)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def zinc250k_path(cache_dir: str | Path | None = None, path: str | Path | None = None) -> Path:

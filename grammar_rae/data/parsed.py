@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..grammar import Grammar, ParseError, load_grammar
+from ..io import _umask
 
 FORMAT_VERSION = 1
 
@@ -189,6 +190,7 @@ def save_parsed(ds: ParsedDataset, where: Path) -> None:
                 "source": ds.source, "source_sha256": ds.source_sha256, "n": len(ds),
                 "max_length": ds.max_length, "skipped": ds.skipped}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         if where.exists():
             shutil.rmtree(where)
         os.replace(tmp, where)

@@ -183,6 +183,11 @@ class GrammarAE(nn.Module):
                 total = total + c.lam * value
         return total, terms
 
+    def reconstruction_loss(self, rules: torch.Tensor) -> torch.Tensor:
+        """Masked NLL per sequence from the deterministic code (the encoder mean): the validation criterion."""
+        rules = rules.long()
+        return R.masked_nll(self.logits(self.encode(rules), rules), rules, self.rule_competitors)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor, sample: bool = False, temperature: float = 1.0,
                generator: torch.Generator | None = None):

@@ -1,0 +1,183 @@
+"""Grammar-model runs: train into a run directory, load one back safely, sample from it.
+
+A run directory is self-contained: ``run.json`` (configs, data provenance, split sizes),
+``grammar.cfg`` (the grammar it was trained with; its sha256 is checked on load), ``split.npz``
+(row indices of train/val/test in the prepared dataset), ``checkpoints/`` (see checkpoint.py),
+``density/`` (ex-post densities fitted on the training codes) and ``loss.png``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
+from .density import DensityError, ExPostDensity, make_density
+from .grammar import Grammar, GrammarError, load_grammar
+from .models.grammar_ae import GrammarAE, GrammarAEConfig
+from .train import Trainer, TrainConfig, resolve_device
+
+MIN_STEPS = {"smiles": 277, "expr": 15}  # the GrammarVAE's decoder lengths
+
+
+def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None):
+    """Test = the first ``test_rows`` rows (ZINC: 5,000, as the GrammarVAE; default min(5000, n/10));
+    the rest split at random (seeded) into train and validation."""
+    test_rows = min(5000, n // 10) if test_rows is None else test_rows
+    rest = np.random.default_rng(seed).permutation(np.arange(test_rows, n))
+    n_val = max(1, int(round(len(rest) * val_fraction)))
+    return np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.arange(test_rows)
+
+
+def default_dataset(grammar: str, data: str | Path | None, out: Path, cache_dir=None, progress=True):
+    """The prepared dataset a `train` run uses: ``data`` if given, else expressions generated offline
+    (100,000, seed 0, as large as the GrammarVAE set) or the cached ZINC250k download."""
+    from .data.download import zinc250k_path
+    from .data.expressions import generate_expressions
+    from .data.parsed import prepare_dataset
+
+    if data is None:
+        if grammar == "expr":
+            data = out / "data" / "expressions.txt"
+            if not data.is_file():
+                data.parent.mkdir(parents=True, exist_ok=True)
+                data.write_text("".join(s + "\n" for s in generate_expressions(100_000, seed=0)))
+        elif grammar == "smiles":
+            data = zinc250k_path(cache_dir)
+        else:
+            raise FileNotFoundError(f"grammar {grammar!r} has no default data set: pass --data PATH")
+    return prepare_dataset(grammar, data, cache_dir=cache_dir, progress=progress)
+
+
+def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
+              train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
+              cache_dir=None, **model_overrides) -> Path:
+    """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities."""
+    out = Path(out)
+    train = train or TrainConfig()
+    if not resume and (out / "run.json").is_file():
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (out / "run.json").is_file():
+        meta = read_json(out / "run.json")
+        if meta.get("format") != RUN_FORMAT:
+            raise RunError(f"{out}/run.json is not a grammar-rae run")
+        grammar, model = meta["grammar"], meta["model"]["model"]
+        limit, data = meta["data"]["limit"], meta["data"]["source"]
+        train = TrainConfig(**{**meta["train"], "epochs": train.epochs})
+    g = load_grammar(grammar)
+    ds = default_dataset(grammar, data, out, cache_dir=cache_dir, progress=progress)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    tr, va, te = split_rows(n, train.seed)
+    max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
+    rules = torch.from_numpy(ds.rules[:n])
+    if rules.shape[1] < max_length:
+        pad = torch.full((n, max_length - rules.shape[1]), g.padding_index, dtype=rules.dtype)
+        rules = torch.cat([rules, pad], 1)
+    if resume and (out / "run.json").is_file():
+        config = GrammarAEConfig(**meta["model"])
+    else:
+        config = GrammarAEConfig.for_grammar(g.name, max_length, model, **model_overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grammar.cfg").write_text(g.text, encoding="utf-8")
+    np.savez(out / "split.npz", train=tr, val=va, test=te)
+    write_json(out / "run.json", {
+        "format": RUN_FORMAT, "grammar": g.name, "grammar_sha256": g.sha256,
+        "model": config.to_dict(), "train": asdict(train),
+        "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
+                 "train": len(tr), "val": len(va), "test": len(te)},
+    })
+    torch.manual_seed(train.seed)
+    net = GrammarAE(config, g)
+    log(f"{config.model} ({config.decoder} decoder) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
+        f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(train.device)}")
+    trainer = Trainer(net, rules[tr], rules[va], train, out, progress=progress, log=log)
+    trainer.fit(resume=resume)
+    plot_history(trainer.history, out / "loss.png")
+    net, _ = load_run(out)
+    fit_densities(net, rules[tr], out, device=trainer.device)
+    return out
+
+
+@torch.no_grad()
+def encode_rules(net: GrammarAE, rules: torch.Tensor, batch: int = 2000, device="cpu") -> np.ndarray:
+    net.eval().to(device)
+    return torch.cat([net.encode(rules[i:i + batch].to(device)).float().cpu()
+                      for i in range(0, len(rules), batch)]).numpy()
+
+
+def fit_densities(net: GrammarAE, train_rules: torch.Tensor, out: Path, device="cpu", k: int = 10):
+    """Gaussian and GMM(k) on the training codes (RAE paper's N and GMM columns), saved in density/."""
+    z = encode_rules(net, train_rules, device=device)
+    for kind in ("gaussian", "gmm"):
+        make_density(kind, k=min(k, len(z))).fit(z).save(out / "density" / kind)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in sorted(k for k in history[0] if k.startswith("train_") or k == "val_rec"):
+        ax.plot(epochs, [h[key] for h in history], label=key, marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_yscale("symlog")
+    ax.legend()
+    ax.set_title(f"loss terms ({path.parent.name})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
+    """The trained model of a run directory, with clear errors for anything damaged or foreign."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory")
+    meta = read_json(run_dir / "run.json")
+    if meta.get("format") != RUN_FORMAT:
+        raise RunError(f"{run_dir}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
+    try:
+        text = (run_dir / "grammar.cfg").read_text(encoding="utf-8")
+        if hashlib.sha256(text.encode()).hexdigest() != meta["grammar_sha256"]:
+            raise RunError(f"{run_dir}/grammar.cfg differs from the grammar this run was trained with")
+        g = Grammar(text, name=meta["grammar"], path=str(run_dir / "grammar.cfg"))
+        config = GrammarAEConfig(**meta["model"])
+        net = GrammarAE(config, g)
+    except (OSError, KeyError, TypeError, ValueError, GrammarError) as e:
+        if isinstance(e, RunError):
+            raise
+        raise RunError(f"{run_dir}: run description is incomplete or invalid ({e})") from e
+    name = which if (run_dir / "checkpoints" / f"{which}.safetensors").is_file() else "last"
+    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors")
+    return net.eval().to(device), meta
+
+
+def load_density(run_dir: str | Path, kind: str, dim: int) -> ExPostDensity:
+    if kind == "prior":
+        return make_density("prior").fit(None, dim=dim)
+    try:
+        return ExPostDensity.load(Path(run_dir) / "density" / kind)
+    except DensityError as e:
+        raise RunError(f"{run_dir}: no usable {kind} density ({e}); train the run to the end first") from e
+
+
+def sample_run(run_dir: str | Path, n: int, density: str = "gmm", seed: int = 0, stochastic: bool = False,
+               temperature: float = 1.0, device="auto", batch: int = 1000):
+    """``n`` strings decoded from codes drawn from the run's ex-post density (None where invalid)."""
+    dev = resolve_device(device)
+    net, _ = load_run(run_dir, device=dev)
+    q = load_density(run_dir, density, net.config.latent_dim)
+    z = torch.from_numpy(q.sample(n, seed=seed))
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        out += net.decode(z[i:i + batch].to(dev), sample=stochastic, temperature=temperature, generator=gen).strings
+    return out

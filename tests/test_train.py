@@ -1,0 +1,134 @@
+"""The trainer and run directories: resume after a kill, NaN stops, refusing unsafe files."""
+import json
+import pickle
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from grammar_rae.checkpoint import RunError
+from grammar_rae.cli import main
+from grammar_rae.data.expressions import generate_expressions
+from grammar_rae.run import load_run, sample_run, train_run
+from grammar_rae.train import TrainConfig, Trainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def expr_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "expr.txt"
+    p.write_text("\n".join(generate_expressions(600, seed=11)) + "\n")
+    return p
+
+
+def cfg(epochs, **kw):
+    return TrainConfig(epochs=epochs, batch_size=100, lr=3e-3, **kw)
+
+
+def small_run(out, expr_file, epochs, resume=False, model="rae-l2", **kw):
+    return train_run(out, "expr", model, data=expr_file, train=cfg(epochs), resume=resume, progress=False,
+                     log=lambda m: None, cache_dir=out.parent / "cache", decoder_hidden=32, encoder_hidden=32, **kw)
+
+
+def weights(run_dir, which="last"):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, expr_file):
+    straight = small_run(tmp_path / "a", expr_file, 4)
+    part = small_run(tmp_path / "b", expr_file, 2)  # "killed" after epoch 2
+    assert json.loads((part / "checkpoints" / "last.json").read_text())["epoch"] == 2
+    resumed = small_run(tmp_path / "b", expr_file, 4, resume=True)
+    hist = json.loads((resumed / "checkpoints" / "last.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed training diverged from the uninterrupted run"
+
+
+def test_a_second_train_into_the_same_folder_needs_resume(tmp_path, expr_file):
+    small_run(tmp_path / "r", expr_file, 1)
+    with pytest.raises(RunError, match="--resume"):
+        small_run(tmp_path / "r", expr_file, 1)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, expr_file, monkeypatch):
+    run = small_run(tmp_path / "n", expr_file, 1)
+    good = weights(run)
+    net, _ = load_run(run)
+    calls = {"n": 0}
+    real = net.loss
+
+    def poisoned(batch):
+        calls["n"] += 1
+        total, terms = real(batch)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(net, "loss", poisoned)
+    trainer = Trainer(net, torch.zeros(200, 15, dtype=torch.uint8), torch.zeros(20, 15, dtype=torch.uint8),
+                      cfg(3), run, progress=False, log=lambda m: None)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        trainer.fit(resume=True)
+    assert calls["n"] >= 1
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    after = weights(run)
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+class Planted:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_planted_pickle_is_refused(tmp_path, expr_file):
+    run = small_run(tmp_path / "p", expr_file, 1)
+    sentinel = tmp_path / "pwned"
+    with open(run / "checkpoints" / "last.state.pt", "wb") as f:
+        pickle.dump({"optimizer": Planted(str(sentinel))}, f)
+    with pytest.raises(RunError, match="refusing to unpickle"):
+        small_run(tmp_path / "p", expr_file, 2, resume=True)
+    with open(run / "checkpoints" / "best.safetensors", "wb") as f:
+        pickle.dump(Planted(str(sentinel)), f)
+    with pytest.raises(RunError, match="not a safetensors"):
+        load_run(run)
+    assert not sentinel.exists()
+
+
+def test_damaged_or_foreign_run_directories(tmp_path, expr_file):
+    run = small_run(tmp_path / "d", expr_file, 1)
+    (run / "grammar.cfg").write_text((run / "grammar.cfg").read_text() + "\nT -> '4'\n")
+    with pytest.raises(RunError, match="differs"):
+        load_run(run)
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_run(run)
+    (run / "run.json").write_text(json.dumps({"format": "someone-else/3"}))
+    with pytest.raises(RunError, match="not a grammar-rae run"):
+        load_run(run)
+    with pytest.raises(RunError, match="not a directory"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_train_and_sample_from_the_cli(tmp_path, expr_file):
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["train", "--grammar", "expr", "--model", "rae", "--epochs", "2", "--data",
+                                  str(expr_file), "--out", str(out), "--batch-size", "100",
+                                  "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "epoch 2:" in r.output and (out / "loss.png").is_file()
+    assert {p.name for p in (out / "density").iterdir()} >= {"gmm.json", "gmm.safetensors", "gaussian.json"}
+    for density in ("prior", "gaussian", "gmm"):
+        samples = tmp_path / f"{density}.txt"
+        r = CliRunner().invoke(main, ["sample", "--run", str(out), "--n", "50", "--density", density,
+                                      "--out", str(samples)])
+        assert r.exit_code == 0, r.output
+        assert len(samples.read_text().split("\n")) == 51
+    strings = sample_run(out, 20, "gmm", stochastic=True, seed=3)
+    assert strings == sample_run(out, 20, "gmm", stochastic=True, seed=3)  # seeded
+    r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "not a directory" in r.output
