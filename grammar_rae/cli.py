@@ -257,6 +257,30 @@ def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
                f"{len(set(s for s in strings if s)) / max(valid, 1):.1%} unique; written to {out}")
 
 
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--n-samples", default=1000, show_default=True, help="Samples per density (prior, Gaussian, GMM).")
+@click.option("--n-recon", default=1000, show_default=True, help="Test rows for reconstruction accuracy.")
+@click.option("--gvae-protocol", is_flag=True,
+              help="Also the GrammarVAE protocol: each test row encoded 10x and decoded 100x by sampling (slow).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
+def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir):
+    """Reconstruction accuracy and validity/uniqueness/novelty of prior, Gaussian and GMM samples.
+
+    Writes RUN/eval/metrics.json, report.md, the samples and a plot (molecule grid or function plot).
+    """
+    from .checkpoint import RunError
+    from .evaluate import evaluate_run
+
+    try:
+        evaluate_run(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, log=click.echo)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"written: {Path(run_dir) / 'eval'}/metrics.json, report.md")
+
+
 # ---------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))

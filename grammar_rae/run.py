@@ -32,19 +32,21 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.arange(test_rows)
 
 
-def default_dataset(grammar: str, data: str | Path | None, out: Path, cache_dir=None, progress=True):
+def default_dataset(grammar: str, data: str | Path | None, out: Path, cache_dir=None, progress=True,
+                    limit: int | None = None):
     """The prepared dataset a `train` run uses: ``data`` if given, else expressions generated offline
-    (100,000, seed 0, as large as the GrammarVAE set) or the cached ZINC250k download."""
+    (100,000 -- as many as the GrammarVAE set -- or ``limit``; seed 0) or the cached ZINC250k download."""
     from .data.download import zinc250k_path
     from .data.expressions import generate_expressions
     from .data.parsed import prepare_dataset
 
     if data is None:
         if grammar == "expr":
-            data = out / "data" / "expressions.txt"
+            n = min(100_000, limit or 100_000)
+            data = out / "data" / f"expressions-{n}.txt"
             if not data.is_file():
                 data.parent.mkdir(parents=True, exist_ok=True)
-                data.write_text("".join(s + "\n" for s in generate_expressions(100_000, seed=0)))
+                data.write_text("".join(s + "\n" for s in generate_expressions(n, seed=0)))
         elif grammar == "smiles":
             data = zinc250k_path(cache_dir)
         else:
@@ -68,7 +70,7 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
         limit, data = meta["data"]["limit"], meta["data"]["source"]
         train = TrainConfig(**{**meta["train"], "epochs": train.epochs})
     g = load_grammar(grammar)
-    ds = default_dataset(grammar, data, out, cache_dir=cache_dir, progress=progress)
+    ds = default_dataset(grammar, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
     n = len(ds) if limit is None else min(limit, len(ds))
     tr, va, te = split_rows(n, train.seed)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))

@@ -128,6 +128,12 @@ def test_train_and_sample_from_the_cli(tmp_path, expr_file):
                                       "--out", str(samples)])
         assert r.exit_code == 0, r.output
         assert len(samples.read_text().split("\n")) == 51
+    r = CliRunner().invoke(main, ["evaluate", "--run", str(out), "--n-samples", "40", "--n-recon", "30",
+                                  "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(report["samples"]) == {"prior", "gaussian", "gmm"} and 0 <= report["reconstruction"]["argmax"] <= 1
+    assert (out / "eval" / "report.md").is_file() and (out / "eval" / "samples_gmm.txt").is_file()
     strings = sample_run(out, 20, "gmm", stochastic=True, seed=3)
     assert strings == sample_run(out, 20, "gmm", stochastic=True, seed=3)  # seeded
     r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])

@@ -1,0 +1,108 @@
+"""`grammar-rae evaluate`: reconstruction and sampling metrics of a run, as JSON, markdown and plots."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import read_json, write_json
+from .data.parsed import prepare_dataset
+from .metrics import expression_curves, generation_metrics, reconstruction_accuracy
+from .run import MIN_STEPS, load_density, load_run
+from .train import resolve_device
+
+
+def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False,
+                 seed: int = 0, device: str = "auto", cache_dir=None, log=print) -> dict:
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    net, meta = load_run(run_dir, device=dev)
+    g = net.grammar
+    molecules = g.name == "smiles"
+    ds = prepare_dataset(meta["grammar"], meta["data"]["source"], cache_dir=cache_dir, quiet=True)
+    split = np.load(run_dir / "split.npz", allow_pickle=False)
+    T = net.config.max_length
+    rules = torch.full((len(ds), T), g.padding_index, dtype=torch.long)
+    rules[:, : ds.rules.shape[1]] = torch.from_numpy(ds.rules.astype(np.int64))
+    test = split["test"][:n_recon]
+    train_strings = [ds.strings[i] for i in split["train"]]
+    t0 = time.time()
+    report = {"run": str(run_dir), "model": net.config.model, "grammar": g.name, "decoder": net.config.decoder,
+              "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
+              "reconstruction": {}, "samples": {}}
+    test_strings = [ds.strings[i] for i in test]
+    report["reconstruction"]["argmax"] = reconstruction_accuracy(net, rules[test], test_strings, molecules)
+    log(f"reconstruction (argmax) on {len(test)} test rows: {report['reconstruction']['argmax']:.1%}")
+    if gvae_protocol:
+        acc = reconstruction_accuracy(net, rules[test], test_strings, molecules, n_encode=10, n_decode=100,
+                                      sample=True, seed=seed)
+        report["reconstruction"]["gvae_10x100"] = acc
+        log(f"reconstruction (GVAE protocol, 10 encodes x 100 sampled decodes): {acc:.1%}")
+    samples = {}
+    for kind in ("prior", "gaussian", "gmm"):
+        q = load_density(run_dir, kind, net.config.latent_dim)
+        z = torch.from_numpy(q.sample(n_samples, seed=seed)).to(dev)
+        strings = []
+        for i in range(0, n_samples, 1000):
+            strings += net.decode(z[i:i + 1000]).strings
+        samples[kind] = strings
+        report["samples"][kind] = generation_metrics(strings, molecules, train_strings)
+        m = report["samples"][kind]
+        log(f"{kind:>8} samples: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, "
+            f"novel {m.get('novelty', float('nan')):.1%}")
+    report["seconds"] = round(time.time() - t0, 1)
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    write_json(out / "metrics.json", report)
+    (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    for kind, strings in samples.items():
+        (out / f"samples_{kind}.txt").write_text("".join((s or "") + "\n" for s in strings), encoding="utf-8")
+    if molecules:
+        molecule_grid(samples["gmm"], out / "samples_gmm.png")
+    else:
+        expression_plot(samples["gmm"], out / "samples_gmm.png")
+    return report
+
+
+def markdown_report(r: dict) -> str:
+    lines = [f"# {r['model']} on {r['grammar']} ({r['decoder']} decoder, {r['epochs']} epochs)", "",
+             "| reconstruction | accuracy |", "|---|---|"]
+    lines += [f"| {k} | {v:.1%} |" for k, v in r["reconstruction"].items()]
+    lines += ["", "| density | validity | uniqueness | novelty |", "|---|---|---|---|"]
+    for k, m in r["samples"].items():
+        lines.append(f"| {k} | {m['validity']:.1%} | {m['uniqueness']:.1%} | {m.get('novelty', float('nan')):.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def molecule_grid(strings, path: Path, n: int = 24) -> None:
+    from rdkit import Chem
+    from rdkit.Chem import Draw
+
+    mols = [m for m in (Chem.MolFromSmiles(s) for s in strings if s) if m is not None][:n]
+    if mols:
+        Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(220, 180)).save(str(path))
+
+
+def expression_plot(strings, path: Path, n: int = 12) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, ys = expression_curves(strings)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    shown = 0
+    for s, y in zip(strings, ys):
+        if y is not None and shown < n:
+            ax.plot(x, np.clip(y, -50, 50), lw=1, label=s if len(s) < 40 else s[:37] + "...")
+            shown += 1
+    ax.set_xlabel("x")
+    ax.set_title("expressions decoded from GMM samples")
+    if shown:
+        ax.legend(fontsize=6, loc="upper left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

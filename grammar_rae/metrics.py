@@ -1,0 +1,92 @@
+"""Generation and reconstruction metrics for grammar models.
+
+- validity: the fraction of decodes that are grammar-complete and, for molecules, that RDKit can
+  sanitise (the GrammarVAE's "prior validity" criterion);
+- uniqueness: distinct valid strings / valid strings (molecules compared as canonical SMILES);
+- novelty: valid distinct strings not in the training set / valid distinct strings;
+- reconstruction accuracy: the fraction of decodes equal to their input, (a) deterministic: encode
+  once, decode by argmax; (b) the GrammarVAE protocol: encode each input ``n_encode`` times (the
+  VAE's posterior sample; identical for deterministic encoders) and decode each code ``n_decode``
+  times by sampling rules, averaging exact matches over all n_encode x n_decode decodes.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def canonical_smiles(s: str | None) -> str | None:
+    """RDKit canonical SMILES, or None if RDKit cannot parse and sanitise ``s``."""
+    if not s:
+        return None
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(s)
+    return Chem.MolToSmiles(mol) if mol is not None else None
+
+
+def canonical(strings: Iterable[str | None], molecules: bool) -> list[str | None]:
+    """Strings as compared by the metrics: canonical SMILES for molecules, else as they are."""
+    return [canonical_smiles(s) for s in strings] if molecules else [s or None for s in strings]
+
+
+def generation_metrics(strings: Sequence[str | None], molecules: bool, training: Iterable[str] = ()) -> dict:
+    """validity, uniqueness and novelty of decoded strings (None = not grammar-complete)."""
+    n = len(strings)
+    complete = sum(s is not None for s in strings)
+    canon = canonical(strings, molecules)
+    valid = [c for c in canon if c is not None]
+    distinct = set(valid)
+    train = set(canonical(training, molecules)) if training else set()
+    out = {"n": n, "grammar_complete": complete / n if n else 0.0, "validity": len(valid) / n if n else 0.0,
+           "uniqueness": len(distinct) / len(valid) if valid else 0.0}
+    if train:
+        out["novelty"] = len(distinct - train) / len(distinct) if distinct else 0.0
+    return out
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], molecules: bool,
+                            n_encode: int = 1, n_decode: int = 1, sample: bool = False, batch: int = 500,
+                            seed: int = 0) -> float:
+    """Fraction of decodes equal to their input (see the module docstring for the two protocols)."""
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    target = canonical(strings, molecules)
+    hits = total = 0
+    for i in range(0, len(rules), batch):
+        x = rules[i:i + batch].to(device)
+        want = target[i:i + batch]
+        for _ in range(n_encode):
+            if n_encode > 1 and model.config.model in ("vae", "cv-vae"):
+                z = model.latent(x)[0]  # a posterior sample
+            else:
+                z = model.encode(x)
+            for _ in range(n_decode):
+                got = canonical(model.decode(z, sample=sample, generator=gen).strings, molecules)
+                hits += sum(g is not None and g == w for g, w in zip(got, want))
+                total += len(want)
+    return hits / total if total else 0.0
+
+
+def expression_curves(strings: Sequence[str | None], x: np.ndarray | None = None) -> tuple[np.ndarray, list]:
+    """Values of expressions in x on [-10, 10] (None for invalid or non-finite ones), for plots."""
+    import re
+
+    x = np.linspace(-10, 10, 1000) if x is None else x
+    allowed = re.compile(r"^(?:sin\(|exp\(|[x0-9+*/() .])*$")  # the expression grammar's terminals only
+    env = {"sin": np.sin, "exp": np.exp, "x": x, "__builtins__": {}}
+    ys = []
+    with np.errstate(all="ignore"):
+        for s in strings:
+            try:
+                ok = bool(s) and allowed.match(s) is not None
+                y = np.broadcast_to(np.asarray(eval(s, env), dtype=float), x.shape) if ok else None  # noqa: S307
+            except Exception:  # any malformed or overflowing expression is simply not drawn
+                y = None
+            ys.append(y if y is not None and np.isfinite(y).all() else None)
+    return x, ys
