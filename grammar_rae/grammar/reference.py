@@ -12,7 +12,13 @@ def _chart_parser(grammar: Grammar):
 
     parser = getattr(grammar, "_nltk_chart_parser", None)
     if parser is None:
-        parser = grammar._nltk_chart_parser = nltk.ChartParser(grammar.nltk_grammar)
+        # NLTK >= 3.9 stops a chart after 5 s by default; the GrammarVAE's NLTK had no limit, and
+        # long ZINC molecules need more than that on a busy machine.
+        try:
+            parser = nltk.ChartParser(grammar.nltk_grammar, max_time=None)
+        except TypeError:  # older NLTK: no limit to lift
+            parser = nltk.ChartParser(grammar.nltk_grammar)
+        grammar._nltk_chart_parser = parser
     return parser
 
 
