@@ -285,29 +285,45 @@ def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--n", "n", default=20_000, show_default=True, help="Expressions to generate.")
-def demo(out, n):
-    """The offline end-to-end job: generate an expression set, parse it, check the round trip."""
+@click.option("--epochs", default=10, show_default=True, help="Training epochs of the small model.")
+def demo(out, n, epochs):
+    """The offline end-to-end job: generate expressions, parse them, train a GrammarRAE, sample, evaluate.
+
+    Needs no network and no data files; a few minutes on a laptop CPU.
+    """
     from .data.expressions import generate_expressions
     from .data.parsed import prepare_dataset
+    from .evaluate import evaluate_run
     from .grammar import load_grammar
+    from .run import train_run
+    from .train import TrainConfig
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     g = load_grammar("expr")
-    click.echo(f"[1/3] generating {n} expressions (seed 0, ≤15 rules)")
-    strings = generate_expressions(n, seed=0)
+    click.echo(f"[1/4] generating {n} expressions (seed 0, <= 15 rules)")
     path = out / "expressions.txt"
-    path.write_text("".join(s + "\n" for s in strings), encoding="utf-8")
-    click.echo(f"[2/3] parsing {path} into rule indices")
+    path.write_text("".join(s + "\n" for s in generate_expressions(n, seed=0)), encoding="utf-8")
+    click.echo(f"[2/4] parsing {path} into rule indices, checking every round trip")
     t0 = time.time()
-    ds = prepare_dataset(g, path, cache_dir=out / "cache", workers=1, progress=True)
-    click.echo(f"      done in {time.time() - t0:.2f}s")
-    click.echo("[3/3] checking derive(parse(s)) == s on every string")
+    ds = prepare_dataset(g, path, cache_dir=out / "cache", workers=1, progress=False)
     bad = sum(g.derive(r[:k]) != s for r, k, s in zip(ds.rules, ds.lengths, ds.strings))
-    click.echo(f"      {len(ds) - bad}/{len(ds)} round trips exact")
-    click.echo(f"example: {ds.strings[0]!r} -> {list(map(int, ds.rules[0][:ds.lengths[0]]))}")
+    click.echo(f"      {len(ds)} parsed in {time.time() - t0:.2f}s; {len(ds) - bad}/{len(ds)} round trips exact")
     if bad:
         raise click.ClickException(f"{bad} round trips failed")
+    run = out / "rae-l2"
+    click.echo(f"[3/4] training a GrammarRAE (rae-l2) for {epochs} epochs into {run}")
+    from .checkpoint import RunError
+
+    try:
+        train_run(run, "expr", "rae-l2", data=path, train=TrainConfig(epochs=epochs), resume=True,
+                  cache_dir=out / "cache", log=click.echo)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    click.echo("[4/4] sampling from the prior, the Gaussian and the GMM fitted on the training codes")
+    evaluate_run(run, n_samples=1000, n_recon=1000, cache_dir=out / "cache", log=click.echo)
+    click.echo(f"report: {run / 'eval' / 'report.md'}; plot: {run / 'eval' / 'samples_gmm.png'}; "
+               f"loss curves: {run / 'loss.png'}")
 
 
 if __name__ == "__main__":

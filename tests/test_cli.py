@@ -50,5 +50,6 @@ def test_generate_and_demo(tmp_path):
     out = tmp_path / "e.txt"
     r = run("data", "generate-expressions", "--n", "50", "--seed", "4", "--out", str(out))
     assert r.exit_code == 0 and len(out.read_text().splitlines()) == 50
-    r = run("demo", "--out", str(tmp_path / "demo"), "--n", "300")
-    assert r.exit_code == 0 and "300/300 round trips exact" in r.output
+    r = run("demo", "--out", str(tmp_path / "demo"), "--n", "400", "--epochs", "1")
+    assert r.exit_code == 0 and "400/400 round trips exact" in r.output
+    assert (tmp_path / "demo" / "rae-l2" / "eval" / "report.md").is_file()
