@@ -183,14 +183,15 @@ def data_generate(n, seed, max_length, grammar_name, out):
 
 
 # ---------------------------------------------------------------------------------------- models
-MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae"]
+MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cvae"]
 
 
 @main.command()
 @click.option("--grammar", "grammar_name", type=click.Choice(["smiles", "expr"]), default="expr", show_default=True,
               help="What to model: SMILES molecules or arithmetic expressions.")
 @click.option("--model", type=click.Choice(MODEL_CHOICES), default="rae-l2", show_default=True,
-              help="Regulariser family: RAE with L2/GP/SN decoder regularisation, plain RAE, AE, VAE, CV-VAE.")
+              help="Regulariser family: RAE with L2/GP/SN decoder regularisation, plain RAE, AE, VAE, CV-VAE; "
+                   "cvae = the character-level VAE baseline (no grammar in the decoder).")
 @click.option("--epochs", default=50, show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N rows of the data.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,

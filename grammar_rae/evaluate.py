@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint import read_json, write_json
 from .data.parsed import prepare_dataset
+from .grammar import ParseError, load_grammar
 from .metrics import expression_curves, generation_metrics, reconstruction_accuracy
 from .run import MIN_STEPS, load_density, load_run
 from .train import resolve_device
@@ -21,8 +22,15 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     dev = resolve_device(device)
     net, meta = load_run(run_dir, device=dev)
     g = net.grammar
-    molecules = g.name == "smiles"
-    ds = prepare_dataset(meta["grammar"], meta["data"]["source"], cache_dir=cache_dir, quiet=True)
+    base_name = meta.get("base_grammar", g.name)
+    molecules = base_name == "smiles"
+    base = g if base_name == g.name else load_grammar(base_name)
+    ds = prepare_dataset(g, meta["data"]["source"], cache_dir=cache_dir, quiet=True)
+
+    def in_language(strings):
+        """Decodes of the character baseline are valid only if the real grammar parses them."""
+        return strings if base is g else [s if s is not None and _parses(base, s) else None for s in strings]
+
     split = np.load(run_dir / "split.npz", allow_pickle=False)
     T = net.config.max_length
     rules = torch.full((len(ds), T), g.padding_index, dtype=torch.long)
@@ -30,7 +38,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     test = split["test"][:n_recon]
     train_strings = [ds.strings[i] for i in split["train"]]
     t0 = time.time()
-    report = {"run": str(run_dir), "model": net.config.model, "grammar": g.name, "decoder": net.config.decoder,
+    report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": g.name, "decoder": net.config.decoder,
               "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
               "reconstruction": {}, "samples": {}}
     test_strings = [ds.strings[i] for i in test]
@@ -48,7 +56,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
         strings = []
         for i in range(0, n_samples, 1000):
             strings += net.decode(z[i:i + 1000]).strings
-        samples[kind] = strings
+        samples[kind] = strings = in_language(strings)
         report["samples"][kind] = generation_metrics(strings, molecules, train_strings)
         m = report["samples"][kind]
         log(f"{kind:>8} samples: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, "
@@ -65,6 +73,14 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     else:
         expression_plot(samples["gmm"], out / "samples_gmm.png")
     return report
+
+
+def _parses(grammar, s: str) -> bool:
+    try:
+        grammar.parse(s)
+        return True
+    except ParseError:
+        return False
 
 
 def markdown_report(r: dict) -> str:

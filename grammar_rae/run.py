@@ -18,9 +18,9 @@ from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write
 from .density import DensityError, ExPostDensity, make_density
 from .grammar import Grammar, GrammarError, load_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
-from .train import Trainer, TrainConfig, resolve_device
+from .train import Trainer, TrainConfig, distributed, resolve_device
 
-MIN_STEPS = {"smiles": 277, "expr": 15}  # the GrammarVAE's decoder lengths
+MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
 
 
 def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None):
@@ -32,7 +32,7 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.arange(test_rows)
 
 
-def default_dataset(grammar: str, data: str | Path | None, out: Path, cache_dir=None, progress=True,
+def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_dir=None, progress=True,
                     limit: int | None = None):
     """The prepared dataset a `train` run uses: ``data`` if given, else expressions generated offline
     (100,000 -- as many as the GrammarVAE set -- or ``limit``; seed 0) or the cached ZINC250k download."""
@@ -40,17 +40,18 @@ def default_dataset(grammar: str, data: str | Path | None, out: Path, cache_dir=
     from .data.expressions import generate_expressions
     from .data.parsed import prepare_dataset
 
+    base = grammar.name.removesuffix("-chars")
     if data is None:
-        if grammar == "expr":
+        if base == "expr":
             n = min(100_000, limit or 100_000)
             data = out / "data" / f"expressions-{n}.txt"
             if not data.is_file():
                 data.parent.mkdir(parents=True, exist_ok=True)
                 data.write_text("".join(s + "\n" for s in generate_expressions(n, seed=0)))
-        elif grammar == "smiles":
+        elif base == "smiles":
             data = zinc250k_path(cache_dir)
         else:
-            raise FileNotFoundError(f"grammar {grammar!r} has no default data set: pass --data PATH")
+            raise FileNotFoundError(f"grammar {base!r} has no default data set: pass --data PATH")
     return prepare_dataset(grammar, data, cache_dir=cache_dir, progress=progress)
 
 
@@ -66,11 +67,13 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
         meta = read_json(out / "run.json")
         if meta.get("format") != RUN_FORMAT:
             raise RunError(f"{out}/run.json is not a grammar-rae run")
-        grammar, model = meta["grammar"], meta["model"]["model"]
+        grammar, model = meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"])
         limit, data = meta["data"]["limit"], meta["data"]["source"]
         train = TrainConfig(**{**meta["train"], "epochs": train.epochs})
-    g = load_grammar(grammar)
-    ds = default_dataset(grammar, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
+    base = load_grammar(grammar)
+    # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
+    g, family = (base.character_grammar, "vae") if model == "cvae" else (base, model)
+    ds = default_dataset(g, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
     n = len(ds) if limit is None else min(limit, len(ds))
     tr, va, te = split_rows(n, train.seed)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
@@ -81,26 +84,38 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     if resume and (out / "run.json").is_file():
         config = GrammarAEConfig(**meta["model"])
     else:
-        config = GrammarAEConfig.for_grammar(g.name, max_length, model, **model_overrides)
+        config = GrammarAEConfig.for_grammar(base.name, max_length, family, **model_overrides)
+    rank, _ = distributed()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grammar.cfg").write_text(g.text, encoding="utf-8")
-    np.savez(out / "split.npz", train=tr, val=va, test=te)
-    write_json(out / "run.json", {
-        "format": RUN_FORMAT, "grammar": g.name, "grammar_sha256": g.sha256,
-        "model": config.to_dict(), "train": asdict(train),
-        "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
-                 "train": len(tr), "val": len(va), "test": len(te)},
-    })
+    if rank == 0:
+        write_run_files(out, g, tr, va, te, {
+            "format": RUN_FORMAT, "label": model, "grammar": g.name, "grammar_sha256": g.sha256,
+            "base_grammar": base.name, "model": config.to_dict(), "train": asdict(train),
+            "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
+                     "train": len(tr), "val": len(va), "test": len(te)},
+        })
     torch.manual_seed(train.seed)
     net = GrammarAE(config, g)
-    log(f"{config.model} ({config.decoder} decoder) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
+    log(f"{model} ({config.decoder} decoder) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
         f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(train.device)}")
     trainer = Trainer(net, rules[tr], rules[va], train, out, progress=progress, log=log)
     trainer.fit(resume=resume)
+    if rank != 0:
+        return out
     plot_history(trainer.history, out / "loss.png")
     net, _ = load_run(out)
     fit_densities(net, rules[tr], out, device=trainer.device)
     return out
+
+
+def write_run_files(out: Path, g: Grammar, tr, va, te, meta: dict) -> None:
+    from .io import atomic_target
+
+    (out / "grammar.cfg").write_text(g.text, encoding="utf-8")
+    with atomic_target(out / "split.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, train=tr, val=va, test=te)
+    write_json(out / "run.json", meta)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ slice turned into one-hots inside the model, so no host DataLoader sits in the s
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +40,23 @@ class TrainingDiverged(RuntimeError):
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(device)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size). Under `torchrun` the process group is started here (NCCL on GPUs,
+    gloo on CPUs); a plain run is rank 0 of 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 class Trainer:
@@ -52,9 +68,19 @@ class Trainer:
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
+        # Multi-GPU: torchrun + DistributedDataParallel; each rank takes every world-th batch row and
+        # only rank 0 writes checkpoints and logs.
+        self.rank, self.world = distributed()
+        self.step_model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.model, device_ids=ids)
         self.train_data = train_data.to(self.device)
         self.val_data = val_data.to(self.device)
-        self.progress, self.log = progress, log
+        self.progress = progress and self.rank == 0
+        self.log = log if self.rank == 0 else (lambda message: None)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr)
@@ -66,6 +92,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Weights first, then state, then the JSON that names the epoch: the JSON is the commit."""
+        if self.rank != 0:
+            return
         save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
         save_state(self.ckpt / "last.state.pt", {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -105,7 +133,10 @@ class Trainer:
 
         self.model.train()
         n, bs = len(self.train_data), self.config.batch_size
-        order = torch.randperm(n, generator=self.generator).to(self.device)
+        # every rank takes the same number of rows, or DDP's collective calls would wait forever
+        order = torch.randperm(n, generator=self.generator)[: n // self.world * self.world]
+        order = order[self.rank::self.world].to(self.device)
+        n = len(order)
         sums: dict[str, torch.Tensor] = {}
         steps = math.ceil(n / bs)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
@@ -113,7 +144,7 @@ class Trainer:
         for i in bar:
             batch = self.train_data[order[i * bs:(i + 1) * bs]]
             with self._autocast():
-                total, terms = self.model.loss(batch)
+                total, terms = self.step_model(batch)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if self.config.grad_clip:
@@ -122,6 +153,12 @@ class Trainer:
             for k, v in {"loss": total, **terms}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             if i % 20 == 19 or i == steps - 1:  # one host sync every 20 steps
+                if self.world > 1:  # every rank must see the same verdict on a NaN
+                    import torch.distributed as dist
+
+                    agreed = sums["loss"].clone()
+                    dist.all_reduce(agreed)
+                    sums["loss"] = agreed / self.world
                 means = {k: (v / (i + 1)).item() for k, v in sums.items()}
                 if not math.isfinite(means["loss"]):
                     raise TrainingDiverged(
@@ -168,7 +205,7 @@ class Trainer:
             row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}, "val_rec": val,
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
             self.history.append(row)
-            if improved:
+            if improved and self.rank == 0:
                 save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
                 write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val})
             self.save()

@@ -138,3 +138,21 @@ def test_train_and_sample_from_the_cli(tmp_path, expr_file):
     assert strings == sample_run(out, 20, "gmm", stochastic=True, seed=3)  # seeded
     r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "not a directory" in r.output
+
+
+def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_path, expr_file):
+    from grammar_rae.evaluate import evaluate_run
+
+    run = small_run(tmp_path / "cvae", expr_file, 1, model="cvae")
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["label"] == "cvae" and meta["grammar"] == "expr-chars" and meta["model"]["model"] == "vae"
+    net, _ = load_run(run)
+    assert net.grammar.n_rules == 2 * 11 + 1  # S -> t S | t for 11 terminals, and padding
+    report = evaluate_run(run, n_samples=50, n_recon=20, cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert report["model"] == "cvae"
+    from grammar_rae import load_grammar
+
+    expr = load_grammar("expr")
+    for s in (run / "eval" / "samples_gmm.txt").read_text().splitlines():
+        if s:
+            expr.parse(s)  # every string counted valid is in the expression language

@@ -164,6 +164,20 @@ class Grammar:
             for p in prods
         ]
 
+    # ------------------------------------------------------------------ the character baseline
+    @cached_property
+    def character_grammar(self) -> "Grammar":
+        """The token-level grammar of the character VAE baseline (the GrammarVAE paper's CVAE):
+        ``S -> t S | t`` for every terminal t. Its leftmost derivation is the token sequence itself
+        (each rule also says whether the string ends there), so the same model, trainer and
+        decoder serve the baseline with no grammar knowledge beyond the tokenizer."""
+        def quote(t: str) -> str:
+            return f"'{t}'" if "'" not in t else f'"{t}"'
+
+        lines = [f"# character grammar of {self.name}", f"# @token_separator {json.dumps(self.token_separator)}"]
+        lines += [f"S -> {quote(t)} S | {quote(t)}" for t in sorted(self.terminals)]
+        return Grammar("\n".join(lines) + "\n", name=f"{self.name}-chars")
+
     # ------------------------------------------------------------------ basic facts
     @property
     def n_rules(self) -> int:

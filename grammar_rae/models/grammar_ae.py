@@ -157,6 +157,10 @@ class GrammarAE(nn.Module):
         return self.decoder(z, rules)
 
     # ------------------------------------------------------------------ the objective
+    def forward(self, rules: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training objective, so DistributedDataParallel's forward hooks see it."""
+        return self.loss(rules)
+
     def loss(self, rules: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L = L_REC + β·(latent term) + λ·L_REG  (Ghosh et al. 2020, eq. 11), averaged over the batch."""
         rules = rules.long()
