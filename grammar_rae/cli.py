@@ -258,6 +258,107 @@ def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
                f"{len(set(s for s in strings if s)) / max(valid, 1):.1%} unique; written to {out}")
 
 
+def _read_lines(path):
+    from .data.parsed import read_strings
+
+    try:
+        return list(read_strings(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e))
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="Strings, one a line.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Codes as .npy (float32 [n, d]) or .csv; rows follow the parseable input lines.")
+@click.option("--device", default="auto", show_default=True)
+def encode(run_dir, input_path, out, device):
+    """Latent codes (encoder means) of the strings in a file. Unparseable lines are reported and skipped."""
+    from .checkpoint import RunError
+    from .run import encode_strings
+
+    records = _read_lines(input_path)
+    try:
+        z, keep, errors = encode_strings(run_dir, [s for _, s in records], device=device)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    for i, err in errors:
+        click.echo(f"{input_path}:{records[i][0]}: skipped: {err or 'longer than the decoder can produce'}", err=True)
+    _write_codes(out, z)
+    click.echo(f"{len(keep)} codes written to {out}; {len(errors)} lines skipped")
+
+
+def _write_codes(path, z):
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if str(path).endswith(".csv"):
+        np.savetxt(path, z, delimiter=",", fmt="%.7g")
+    else:
+        np.save(path, z)
+
+
+def _read_codes(path):
+    import numpy as np
+
+    try:
+        if str(path).endswith(".csv"):
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read codes from {path}: {e}")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Codes: .npy or .csv, [n, latent_dim].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Strings, one a line (empty = invalid).")
+@click.option("--stochastic", is_flag=True, help="Sample rules instead of taking the argmax.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
+    """Strings decoded from latent codes under the grammar's masks."""
+    from .checkpoint import RunError
+    from .run import decode_codes
+
+    try:
+        strings = decode_codes(run_dir, _read_codes(input_path), stochastic, temperature, seed, device)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    Path(out).write_text("".join((s or "") + "\n" for s in strings), encoding="utf-8")
+    click.echo(f"{len(strings)} decodes written to {out}; {sum(s is not None for s in strings)} complete")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="Strings, one a line.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="TSV: input, reconstruction, match.")
+@click.option("--device", default="auto", show_default=True)
+def reconstruct(run_dir, input_path, out, device):
+    """Encode and decode (argmax) each string; report the fraction reconstructed exactly."""
+    from .checkpoint import RunError
+    from .run import decode_codes, encode_strings
+
+    records = _read_lines(input_path)
+    strings = [s for _, s in records]
+    try:
+        z, keep, errors = encode_strings(run_dir, strings, device=device)
+        back = decode_codes(run_dir, z, device=device)
+    except RunError as e:
+        raise click.ClickException(str(e))
+    for i, err in errors:
+        click.echo(f"{input_path}:{records[i][0]}: skipped: {err or 'longer than the decoder can produce'}", err=True)
+    rows = [(strings[i], b or "", strings[i] == b) for i, b in zip(keep, back)]
+    if out:
+        Path(out).write_text("".join(f"{a}\t{b}\t{int(m)}\n" for a, b, m in rows), encoding="utf-8")
+    hits = sum(m for _, _, m in rows)
+    click.echo(f"reconstructed {hits}/{len(rows)} exactly ({hits / max(len(rows), 1):.1%}); "
+               f"{len(errors)} lines skipped")
+
+
 @main.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
 @click.option("--n-samples", default=1000, show_default=True, help="Samples per density (prior, Gaussian, GMM).")

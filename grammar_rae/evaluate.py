@@ -58,6 +58,10 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
             strings += net.decode(z[i:i + 1000]).strings
         samples[kind] = strings = in_language(strings)
         report["samples"][kind] = generation_metrics(strings, molecules, train_strings)
+        if molecules:  # MOSES-style metrics and FCD against the held-out test molecules
+            from .chem import molecule_metrics
+
+            report["samples"][kind].update(molecule_metrics(strings, test_strings))
         m = report["samples"][kind]
         log(f"{kind:>8} samples: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, "
             f"novel {m.get('novelty', float('nan')):.1%}")
@@ -90,6 +94,12 @@ def markdown_report(r: dict) -> str:
     lines += ["", "| density | validity | uniqueness | novelty |", "|---|---|---|---|"]
     for k, m in r["samples"].items():
         lines.append(f"| {k} | {m['validity']:.1%} | {m['uniqueness']:.1%} | {m.get('novelty', float('nan')):.1%} |")
+    chem_keys = [k for k in ("FCD", "SNN", "IntDiv", "Frag", "Scaf", "W1_logP", "W1_SA", "W1_QED", "W1_MW")
+                 if any(k in m for m in r["samples"].values())]
+    if chem_keys:
+        lines += ["", "| density | " + " | ".join(chem_keys) + " |", "|---" * (len(chem_keys) + 1) + "|"]
+        for k, m in r["samples"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{m.get(c, float('nan')):.3f}" for c in chem_keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -198,3 +198,37 @@ def sample_run(run_dir: str | Path, n: int, density: str = "gmm", seed: int = 0,
     for i in range(0, n, batch):
         out += net.decode(z[i:i + batch].to(dev), sample=stochastic, temperature=temperature, generator=gen).strings
     return out
+
+
+def encode_strings(run_dir: str | Path, strings, device="auto", batch: int = 1000):
+    """Deterministic codes (encoder means) of strings: ``(z [n_ok, d], kept indices, errors)`` where
+    errors lists ``(index, ParseError)`` for strings outside the grammar (they get no code)."""
+    from .data.parsed import pack
+
+    dev = resolve_device(device)
+    net, _ = load_run(run_dir, device=dev)
+    g = net.grammar
+    results, errors = g.parse_many(list(strings), workers=1, on_error="skip")
+    keep = [i for i, r in enumerate(results) if r is not None and len(r) <= net.config.max_length]
+    errors += [(i, None) for i, r in enumerate(results) if r is not None and len(r) > net.config.max_length]
+    if not keep:
+        return np.zeros((0, net.config.latent_dim), dtype=np.float32), keep, sorted(errors, key=lambda e: e[0])
+    rules, _ = pack(g, [results[i] for i in keep], max_length=net.config.max_length)
+    z = encode_rules(net, torch.from_numpy(rules.astype(np.int64)), batch=batch, device=dev)
+    return z, keep, sorted(errors, key=lambda e: e[0])
+
+
+def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, temperature: float = 1.0,
+                 seed: int = 0, device="auto", batch: int = 1000) -> list:
+    """Strings decoded from codes ``z [n, d]`` (None where the derivation does not complete)."""
+    dev = resolve_device(device)
+    net, _ = load_run(run_dir, device=dev)
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != net.config.latent_dim:
+        raise RunError(f"codes must have shape [n, {net.config.latent_dim}] for this run, got {z.shape}")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = []
+    for i in range(0, len(z), batch):
+        out += net.decode(torch.from_numpy(z[i:i + batch]).to(dev), sample=stochastic,
+                          temperature=temperature, generator=gen).strings
+    return out
