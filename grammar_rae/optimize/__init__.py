@@ -1,0 +1,1 @@
+"""Latent-space Bayesian optimisation: objectives, sparse GP, acquisition, the BO loop."""
