@@ -383,6 +383,45 @@ def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir
     click.echo(f"written: {Path(run_dir) / 'eval'}/metrics.json, report.md")
 
 
+@main.command()
+@click.option("--objective", required=True,
+              help="logp (penalised, normalised), qed, expr (fit to --target), or package.module:function.")
+@click.option("--target", default=None, help='For --objective expr: the expression to fit, e.g. "1 / 3 + x + sin( x * x )".')
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run directory.")
+@click.option("--iterations", default=5, show_default=True)
+@click.option("--batch", default=50, show_default=True, help="Points per iteration (batched greedy EI).")
+@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds, e.g. 1,2,3,4,5.")
+@click.option("--n-decode", type=int, default=None, help="Decodes per point (default 500 molecules / 25 expressions).")
+@click.option("--inducing", default=500, show_default=True, help="Sparse-GP inducing points.")
+@click.option("--gp-epochs", default=50, show_default=True)
+@click.option("--gp-lr", default=5e-4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_lr, device, out):
+    """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
+
+    Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
+    for molecules, best_molecules.png. Re-running the same command resumes after the last iteration.
+    """
+    from .checkpoint import RunError
+    from .optimize.bo import optimize as run_bo
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter("seeds must be integers separated by commas", param_hint="--seeds")
+    try:
+        report = run_bo(run_dir, objective, out, target=target, iterations=iterations, batch=batch, seeds=seed_list,
+                        n_decode=n_decode, device=device,
+                        gp_kw={"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr}, log=click.echo)
+    except (RunError, ValueError) as e:
+        raise click.ClickException(str(e))
+    s = report["summary"]
+    click.echo(f"fraction valid {s['fraction_valid']['mean']:.2f}, average score {s['average_score']['mean']:.3f}; "
+               f"top: " + ", ".join(f"{t['string']} ({t['score']:.3f})" for t in s["top3"]))
+    click.echo(f"report: {Path(out) / 'report.json'}")
+
+
 # ---------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
