@@ -186,7 +186,8 @@ class Trainer:
         elif (self.ckpt / "last.json").is_file():
             raise RunError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                            "or choose another --out")
-        torch.manual_seed(self.config.seed + self.epoch)
+        if self.epoch == 0:  # a resumed run continues the RNG stream restored from its checkpoint
+            torch.manual_seed(self.config.seed)
         while self.epoch < self.config.epochs and not self.early_stopped:
             t0 = time.time()
             train = self.train_epoch()
