@@ -13,7 +13,8 @@ def run(*args):
 
 def test_help_everywhere():
     for args in [[], ["grammar"], ["grammar", "show"], ["data"], ["data", "prepare"], ["data", "download"],
-                 ["data", "generate-expressions"], ["demo"]]:
+                 ["data", "generate-expressions"], ["demo"], ["train"], ["sample"], ["evaluate"], ["encode"],
+                 ["decode"], ["reconstruct"], ["optimize"]]:
         r = run(*args, "--help")
         assert r.exit_code == 0 and "Usage:" in r.output
 

@@ -35,11 +35,12 @@ def weights(run_dir, which="last"):
     return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, expr_file):
-    straight = small_run(tmp_path / "a", expr_file, 4)
-    part = small_run(tmp_path / "b", expr_file, 2)  # "killed" after epoch 2
+@pytest.mark.parametrize("model", ["rae-l2", "vae"])  # vae: the noise stream must resume too
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, expr_file, model):
+    straight = small_run(tmp_path / "a", expr_file, 4, model=model)
+    part = small_run(tmp_path / "b", expr_file, 2, model=model)  # "killed" after epoch 2
     assert json.loads((part / "checkpoints" / "last.json").read_text())["epoch"] == 2
-    resumed = small_run(tmp_path / "b", expr_file, 4, resume=True)
+    resumed = small_run(tmp_path / "b", expr_file, 4, resume=True, model=model)
     hist = json.loads((resumed / "checkpoints" / "last.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     a, b = weights(straight), weights(resumed)
