@@ -1,0 +1,163 @@
+"""Image runs: train an image autoencoder into a run directory, sample it, and evaluate the four
+Table-1 columns of the RAE paper as Fréchet distances:
+
+- ``rec``:    reconstructions of test images
+- ``n``:      samples from one Gaussian fitted on the training codes (the prior for VAE and WAE)
+- ``gmm``:    samples from a 10-component GMM fitted on the training codes
+- ``interp``: decodes of midpoints between the codes of random test pairs
+each against the test images. The run directory layout and checkpoint format are the grammar runs'.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
+from .data.images import load_images
+from .density import ExPostDensity, make_density
+from .models.image_ae import LATENT, ImageAE, ImageAEConfig, padded_size
+from .train import Trainer, TrainConfig, resolve_device
+
+PRIOR_MODELS = ("vae", "wae")  # their "N" column is the prior itself
+
+
+def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=None, train: TrainConfig | None = None,
+                    backbone: str | None = None, resume: bool = False, progress: bool = True, log=print,
+                    **overrides) -> Path:
+    out = Path(out)
+    train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6)
+    if not resume and (out / "run.json").is_file():
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    splits = load_images(dataset, path=data, seed=train.seed)
+    c, h, _ = splits.shape
+    if resume and (out / "run.json").is_file():
+        meta = read_json(out / "run.json")
+        config = ImageAEConfig(**meta["model"])
+    else:
+        config = ImageAEConfig(dataset=dataset, model=model, channels=c, image_size=padded_size(h),
+                               latent_dim=overrides.pop("latent_dim", None) or LATENT.get(dataset, 16),
+                               backbone=backbone or ("small" if dataset == "digits" else "paper"), **overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", {"format": RUN_FORMAT, "kind": "image", "dataset": dataset, "data": str(data or ""),
+                                  "model": config.to_dict(), "train": asdict(train),
+                                  "splits": {k: len(v) for k, v in splits.rows.items()}})
+    torch.manual_seed(train.seed)
+    net = ImageAE(config)
+    log(f"{model} on {dataset} ({config.backbone} backbone, latent {config.latent_dim}): "
+        f"{sum(p.numel() for p in net.parameters()):,} parameters; {len(splits.train)} train / "
+        f"{len(splits.val)} val / {len(splits.test)} test images")
+    trainer = Trainer(net, splits.train, splits.val, train, out, progress=progress, log=log)
+    trainer.fit(resume=resume)
+    from .run import plot_history
+
+    plot_history(trainer.history, out / "loss.png")
+    net = load_image_run(out)[0]
+    z = encode_images(net, splits.train)
+    for kind in ("gaussian", "gmm"):
+        make_density(kind, k=10).fit(z).save(out / "density" / kind)
+    return out
+
+
+def load_image_run(run_dir, device="cpu"):
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json")
+    if meta.get("format") != RUN_FORMAT or meta.get("kind") != "image":
+        raise RunError(f"{run_dir} is not a grammar-rae image run")
+    try:
+        net = ImageAE(ImageAEConfig(**meta["model"]))
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{run_dir}/run.json: invalid model description ({e})") from e
+    name = "best" if (run_dir / "checkpoints" / "best.safetensors").is_file() else "last"
+    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors")
+    return net.eval().to(device), meta
+
+
+@torch.no_grad()
+def encode_images(net: ImageAE, images: torch.Tensor, batch: int = 500) -> np.ndarray:
+    net.eval()
+    return torch.cat([net.encode(images[i:i + batch]) for i in range(0, len(images), batch)]).numpy()
+
+
+@torch.no_grad()
+def decode_images(net: ImageAE, z, batch: int = 500) -> torch.Tensor:
+    """Decoded images as uint8 at the dataset's own size (padding cropped)."""
+    net.eval()
+    z = torch.as_tensor(z, dtype=torch.float32)
+    out = torch.cat([net.decode(z[i:i + batch]) for i in range(0, len(z), batch)])
+    return out
+
+
+def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    pad = images.shape[-1] - size
+    if pad:
+        images = images[..., pad // 2: pad // 2 + size, pad // 2: pad // 2 + size]
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def density_for(run_dir: Path, net: ImageAE, kind: str) -> ExPostDensity:
+    if kind == "prior" or (kind == "gaussian" and net.config.model in PRIOR_MODELS):
+        return make_density("prior").fit(None, dim=net.config.latent_dim)
+    return ExPostDensity.load(run_dir / "density" / kind)
+
+
+def sample_images(run_dir, n: int, density: str = "gmm", seed: int = 0) -> torch.Tensor:
+    run_dir = Path(run_dir)
+    net, meta = load_image_run(run_dir)
+    size = load_images(meta["dataset"], path=meta["data"] or None).shape[-1]
+    z = density_for(run_dir, net, density).sample(n, seed=seed)
+    return to_uint8(decode_images(net, z), size)
+
+
+def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, log=print) -> dict:
+    """The four Table-1 columns as classifier Fréchet distances (see fid.py), plus image grids."""
+    from .data.parsed import cache_root
+    from .fid import classifier_fd, feature_net
+
+    run_dir = Path(run_dir)
+    net, meta = load_image_run(run_dir)
+    splits = load_images(meta["dataset"], path=meta["data"] or None, seed=meta["train"]["seed"])
+    size = splits.shape[-1]
+    fnet = feature_net(splits, cache_root(cache_dir), log=log)
+    test = splits.test[:n]
+    rng = np.random.default_rng(seed)
+    z_test = encode_images(net, test)
+    pairs = rng.integers(len(test), size=(len(test), 2))
+    images = {
+        "rec": to_uint8(decode_images(net, z_test), size),
+        "n": to_uint8(decode_images(net, density_for(run_dir, net, "gaussian").sample(len(test), seed)), size),
+        "gmm": to_uint8(decode_images(net, density_for(run_dir, net, "gmm").sample(len(test), seed)), size),
+        "interp": to_uint8(decode_images(net, (z_test[pairs[:, 0]] + z_test[pairs[:, 1]]) / 2), size),
+    }
+    scores = {k: classifier_fd(fnet, v, test) for k, v in images.items()}
+    scores["reference_test_vs_val"] = classifier_fd(fnet, splits.val[:n], test)
+    report = {"run": str(run_dir), "model": meta["model"]["model"], "dataset": meta["dataset"],
+              "metric": "classifier Fréchet distance (offline; not Inception FID)", **scores}
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    write_json(out / "metrics.json", report)
+    for k, v in images.items():
+        save_grid(v[:64], out / f"{k}.png")
+    log(", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return report
+
+
+def save_grid(images: torch.Tensor, path: Path, per_row: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = max(1, (n + per_row - 1) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row, rows))
+    for ax, i in zip(np.atleast_1d(axes).flat, range(rows * per_row)):
+        ax.axis("off")
+        if i < n:
+            img = images[i].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+    fig.tight_layout(pad=0.1)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
