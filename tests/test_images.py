@@ -5,7 +5,8 @@ import torch
 
 from grammar_rae.data.images import load_images, read_idx
 from grammar_rae.models import regularisers as R
-from grammar_rae.models.image_ae import IMAGE_MODELS, ImageAE, ImageAEConfig, mmd_imq
+from grammar_rae.models.image_ae import IMAGE_MODELS, ImageAE, ImageAEConfig
+from grammar_rae.models.regularisers import mmd_imq
 
 
 def test_digits_splits_are_disjoint_and_cover_the_set():

@@ -168,24 +168,7 @@ class GrammarAE(nn.Module):
         z, mean, log_var = self.latent(rules)
         logits = self.logits(z, rules)
         rec = R.masked_nll(logits, rules, self.rule_competitors).mean()
-        terms = {"rec": rec}
-        if c.model in ("rae-l2", "rae-gp", "rae-sn", "rae"):
-            terms["z"] = R.latent_l2(mean).mean()
-        elif c.model == "vae":
-            terms["kl"] = R.gaussian_kl(mean, log_var).mean()
-        elif c.model == "cv-vae":
-            terms["z"] = R.latent_l2(mean).mean()
-        if c.model == "rae-l2":
-            terms["reg"] = R.decoder_l2(self.decoder)
-        elif c.model == "rae-gp":
-            terms["reg"] = R.gradient_penalty(logits, z).mean()
-        total = rec
-        for name, value in terms.items():
-            if name in ("z", "kl"):
-                total = total + c.beta * value
-            elif name == "reg":
-                total = total + c.lam * value
-        return total, terms
+        return R.objective(c.model, rec, mean, log_var, z, logits, self.decoder, c.beta, c.lam)
 
     def reconstruction_loss(self, rules: torch.Tensor) -> torch.Tensor:
         """Masked NLL per sequence from the deterministic code (the encoder mean): the validation criterion."""

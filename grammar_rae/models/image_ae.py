@@ -1,6 +1,6 @@
 """The image autoencoder family of the RAE paper (Ghosh et al., ICLR 2020, Sec. 6, Table 1) on one
 shared conv backbone; the latent terms and decoder regularisers are the grammar models' own
-(``regularisers.py``), plus the WAE's MMD (Tolstikhin et al. 2018).
+(``regularisers.py``), plus the WAE's MMD (Tolstikhin et al. 2018), all in ``regularisers.objective``.
 
 Backbone (REFERENCE.md §2): stride-2 4×4 convolutions with BN+ReLU, flatten, dense → z; dense →
 s×s×C, stride-2 transposed convolutions with BN+ReLU, a stride-1 convolution to the image.
@@ -121,7 +121,7 @@ class ImageAE(nn.Module):
         x = self.prepare(images)
         h = self.encoder(x)
         mean = self.to_z(h)
-        z = mean
+        z, log_var = mean, None
         if c.model == "vae":
             log_var = self.to_log_var(h)
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
@@ -129,41 +129,8 @@ class ImageAE(nn.Module):
             z = mean + c.cv_sigma * torch.randn_like(mean)
         out = self.decoder(z)
         rec = (out - x).pow(2).flatten(1).sum(1).mean()
-        terms = {"rec": rec}
-        if c.model in ("rae-l2", "rae-gp", "rae-sn", "rae", "cv-vae"):
-            terms["z"] = R.latent_l2(mean).mean()
-        elif c.model == "vae":
-            terms["kl"] = R.gaussian_kl(mean, log_var).mean()
-        elif c.model == "wae":
-            terms["mmd"] = mmd_imq(z, torch.randn_like(z))
-        if c.model == "rae-l2":
-            terms["reg"] = R.decoder_l2(self.decoder)
-        elif c.model == "rae-gp":
-            terms["reg"] = R.gradient_penalty(out, z).mean()
-        total = rec
-        for k, v in terms.items():
-            if k in ("z", "kl", "mmd"):
-                total = total + c.beta * v
-            elif k == "reg":
-                total = total + c.lam * v
-        return total, terms
+        return R.objective(c.model, rec, mean, log_var, z, out, self.decoder, c.beta, c.lam)
 
     def reconstruction_loss(self, images: torch.Tensor) -> torch.Tensor:
         x = self.prepare(images)
         return (self.decoder(self.to_z(self.encoder(x))) - x).pow(2).flatten(1).sum(1)
-
-
-def mmd_imq(z: torch.Tensor, prior: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Unbiased MMD² with the inverse multiquadratic kernel k(a,b) = C/(C + ‖a−b‖²), C = 2·d·scale
-    (the WAE-MMD choice, Tolstikhin et al. 2018, Sec. 4)."""
-    n, d = z.shape
-    c = 2.0 * d * scale
-
-    def k(a, b):
-        return c / (c + torch.cdist(a, b).pow(2))
-
-    off = 1.0 - torch.eye(n, device=z.device, dtype=z.dtype)
-    kzz = (k(z, z) * off).sum() / (n * (n - 1))
-    kpp = (k(prior, prior) * off).sum() / (n * (n - 1))
-    kzp = k(z, prior).mean()
-    return kzz + kpp - 2 * kzp

@@ -6,6 +6,7 @@ L_RAE = L_REC + β·L_Z + λ·L_REG                                         (eq.
         | ‖∇_z ‖D(z)‖²‖² (RAE-GP: the official code's gradient penalty)
         | —              (RAE-SN: spectral normalisation of the decoder's weights)
 VAE: L_REC + β·KL(N(μ, σ²) ‖ N(0, I))                     (Kingma & Welling 2014, appendix B)
+WAE: L_REC + β·MMD(q(z), N(0, I))                         (Tolstikhin et al. 2018, eq. 4)
 """
 from __future__ import annotations
 
@@ -78,3 +79,42 @@ def apply_spectral_norm(module: nn.Module) -> None:
             for name, p in list(m.named_parameters(recurse=False)):
                 if name.startswith("weight"):
                     spectral_norm(m, name=name)
+
+
+def mmd_imq(z: torch.Tensor, prior: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Unbiased MMD² with the inverse multiquadratic kernel k(a,b) = C/(C + ‖a−b‖²), C = 2·d·scale
+    (the WAE-MMD choice, Tolstikhin et al. 2018, Sec. 4)."""
+    n, d = z.shape
+    c = 2.0 * d * scale
+
+    def k(a, b):
+        return c / (c + torch.cdist(a, b).pow(2))
+
+    off = 1.0 - torch.eye(n, device=z.device, dtype=z.dtype)
+    kzz = (k(z, z) * off).sum() / (n * (n - 1))
+    kpp = (k(prior, prior) * off).sum() / (n * (n - 1))
+    return kzz + kpp - 2 * k(z, prior).mean()
+
+
+def objective(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: torch.Tensor, output: torch.Tensor,
+              decoder: nn.Module, beta: float, lam: float) -> tuple[torch.Tensor, dict]:
+    """L = L_REC + β·(latent term) + λ·L_REG (RAE eq. 11) for every member of the family, shared by the
+    grammar and image models. ``output`` is the decoder output computed from ``z`` (for RAE-GP)."""
+    terms = {"rec": rec}
+    if model in ("rae-l2", "rae-gp", "rae-sn", "rae", "cv-vae"):
+        terms["z"] = latent_l2(mean).mean()          # CV-VAE: its KL up to a constant
+    elif model == "vae":
+        terms["kl"] = gaussian_kl(mean, log_var).mean()
+    elif model == "wae":
+        terms["mmd"] = mmd_imq(z, torch.randn_like(z))
+    if model == "rae-l2":
+        terms["reg"] = decoder_l2(decoder)
+    elif model == "rae-gp":
+        terms["reg"] = gradient_penalty(output, z).mean()
+    total = rec
+    for name, value in terms.items():
+        if name in ("z", "kl", "mmd"):
+            total = total + beta * value
+        elif name == "reg":
+            total = total + lam * value
+    return total, terms
