@@ -1,7 +1,6 @@
 """`grammar-rae evaluate`: reconstruction and sampling metrics of a run, as JSON, markdown and plots."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from .checkpoint import read_json, write_json
 from .data.parsed import prepare_dataset
 from .grammar import ParseError, load_grammar
 from .metrics import expression_curves, generation_metrics, reconstruction_accuracy
-from .run import MIN_STEPS, load_density, load_run
+from .run import load_density, load_run, padded_rules
 from .train import resolve_device
 
 
@@ -32,20 +31,18 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
         return strings if base is g else [s if s is not None and _parses(base, s) else None for s in strings]
 
     split = np.load(run_dir / "split.npz", allow_pickle=False)
-    T = net.config.max_length
-    rules = torch.full((len(ds), T), g.padding_index, dtype=torch.long)
-    rules[:, : ds.rules.shape[1]] = torch.from_numpy(ds.rules.astype(np.int64))
     test = split["test"][:n_recon]
+    test_rules = padded_rules(ds, net.config.max_length, test)
     train_strings = [ds.strings[i] for i in split["train"]]
     t0 = time.time()
     report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": g.name, "decoder": net.config.decoder,
               "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
               "reconstruction": {}, "samples": {}}
     test_strings = [ds.strings[i] for i in test]
-    report["reconstruction"]["argmax"] = reconstruction_accuracy(net, rules[test], test_strings, molecules)
+    report["reconstruction"]["argmax"] = reconstruction_accuracy(net, test_rules, test_strings, molecules)
     log(f"reconstruction (argmax) on {len(test)} test rows: {report['reconstruction']['argmax']:.1%}")
     if gvae_protocol:
-        acc = reconstruction_accuracy(net, rules[test], test_strings, molecules, n_encode=10, n_decode=100,
+        acc = reconstruction_accuracy(net, test_rules, test_strings, molecules, n_encode=10, n_decode=100,
                                       sample=True, seed=seed)
         report["reconstruction"]["gvae_10x100"] = acc
         log(f"reconstruction (GVAE protocol, 10 encodes x 100 sampled decodes): {acc:.1%}")

@@ -77,10 +77,7 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     n = len(ds) if limit is None else min(limit, len(ds))
     tr, va, te = split_rows(n, train.seed)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
-    rules = torch.from_numpy(ds.rules[:n])
-    if rules.shape[1] < max_length:
-        pad = torch.full((n, max_length - rules.shape[1]), g.padding_index, dtype=rules.dtype)
-        rules = torch.cat([rules, pad], 1)
+    rules = padded_rules(ds, max_length, np.arange(n))
     if resume and (out / "run.json").is_file():
         config = GrammarAEConfig(**meta["model"])
     else:
@@ -106,6 +103,16 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     net, _ = load_run(out)
     fit_densities(net, rules[tr], out, device=trainer.device)
     return out
+
+
+def padded_rules(ds, length: int, rows) -> torch.Tensor:
+    """Rows of a parsed dataset as a compact uint8 tensor [len(rows), length], padding appended
+    (the model makes one-hots per batch)."""
+    rules = torch.from_numpy(np.ascontiguousarray(ds.rules[rows]))
+    if rules.shape[1] < length:
+        pad = torch.full((len(rules), length - rules.shape[1]), ds.grammar.padding_index, dtype=rules.dtype)
+        rules = torch.cat([rules, pad], 1)
+    return rules
 
 
 def write_run_files(out: Path, g: Grammar, tr, va, te, meta: dict) -> None:

@@ -28,7 +28,7 @@ from .objectives import Objective, get_objective
 def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print):
     """Codes and objective scores of every string of the run's data (cached in ``out``)."""
     from ..data.parsed import prepare_dataset
-    from ..run import encode_rules, load_run
+    from ..run import encode_rules, load_run, padded_rules
 
     net, meta = load_run(run_dir, device=device)
     cache = out / f"data-{objective.name.replace(':', '_').replace('/', '_')}.npz"
@@ -37,8 +37,7 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
             return net, f["z"], f["y"], [str(s) for s in f["strings"]]
     ds = prepare_dataset(net.grammar, meta["data"]["source"], quiet=True)
     n = meta["data"]["rows"]
-    rules = torch.full((n, net.config.max_length), net.grammar.padding_index, dtype=torch.long)
-    rules[:, : ds.rules.shape[1]] = torch.from_numpy(ds.rules[:n].astype(np.int64))
+    rules = padded_rules(ds, net.config.max_length, np.arange(n))
     log(f"encoding {n} strings and scoring them with {objective.name}")
     z = encode_rules(net, rules, device=device)
     strings = ds.strings[:n]
