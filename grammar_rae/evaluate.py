@@ -5,13 +5,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .checkpoint import read_json, write_json
 from .data.parsed import prepare_dataset
 from .grammar import ParseError, load_grammar
 from .metrics import expression_curves, generation_metrics, reconstruction_accuracy
-from .run import load_density, load_run, padded_rules
+from .run import decode_strings, load_density, load_run, padded_rules
 from .train import resolve_device
 
 
@@ -49,11 +48,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     samples = {}
     for kind in ("prior", "gaussian", "gmm"):
         q = load_density(run_dir, kind, net.config.latent_dim)
-        z = torch.from_numpy(q.sample(n_samples, seed=seed)).to(dev)
-        strings = []
-        for i in range(0, n_samples, 1000):
-            strings += net.decode(z[i:i + 1000]).strings
-        samples[kind] = strings = in_language(strings)
+        samples[kind] = strings = in_language(decode_strings(net, q.sample(n_samples, seed=seed)))
         report["samples"][kind] = generation_metrics(strings, molecules, train_strings)
         if molecules:  # MOSES-style metrics and FCD against the held-out test molecules
             from .chem import molecule_metrics

@@ -43,6 +43,7 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", {"format": RUN_FORMAT, "kind": "image", "dataset": dataset, "data": str(data or ""),
                                   "model": config.to_dict(), "train": asdict(train),
+                                  "image_shape": list(splits.shape),
                                   "splits": {k: len(v) for k, v in splits.rows.items()}})
     torch.manual_seed(train.seed)
     net = ImageAE(config)
@@ -83,7 +84,7 @@ def encode_images(net: ImageAE, images: torch.Tensor, batch: int = 500) -> np.nd
 
 @torch.no_grad()
 def decode_images(net: ImageAE, z, batch: int = 500) -> torch.Tensor:
-    """Decoded images as uint8 at the dataset's own size (padding cropped)."""
+    """Decoded images as floats in [−1, 1] at the padded size (see :func:`to_uint8`)."""
     net.eval()
     z = torch.as_tensor(z, dtype=torch.float32)
     out = torch.cat([net.decode(z[i:i + batch]) for i in range(0, len(z), batch)])
@@ -91,6 +92,7 @@ def decode_images(net: ImageAE, z, batch: int = 500) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Floats in [−1, 1], padding cropped back to ``size``, as uint8 images."""
     pad = images.shape[-1] - size
     if pad:
         images = images[..., pad // 2: pad // 2 + size, pad // 2: pad // 2 + size]
@@ -106,7 +108,7 @@ def density_for(run_dir: Path, net: ImageAE, kind: str) -> ExPostDensity:
 def sample_images(run_dir, n: int, density: str = "gmm", seed: int = 0) -> torch.Tensor:
     run_dir = Path(run_dir)
     net, meta = load_image_run(run_dir)
-    size = load_images(meta["dataset"], path=meta["data"] or None).shape[-1]
+    size = meta["image_shape"][-1]  # no need to load the data set to sample
     z = density_for(run_dir, net, density).sample(n, seed=seed)
     return to_uint8(decode_images(net, z), size)
 

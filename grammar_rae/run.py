@@ -61,9 +61,11 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities."""
     out = Path(out)
     train = train or TrainConfig()
-    if not resume and (out / "run.json").is_file():
+    existing = (out / "run.json").is_file()
+    if existing and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and (out / "run.json").is_file():
+    continuing = existing and resume
+    if continuing:
         meta = read_json(out / "run.json")
         if meta.get("format") != RUN_FORMAT:
             raise RunError(f"{out}/run.json is not a grammar-rae run")
@@ -77,8 +79,8 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     n = len(ds) if limit is None else min(limit, len(ds))
     tr, va, te = split_rows(n, train.seed)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
-    rules = padded_rules(ds, max_length, np.arange(n))
-    if resume and (out / "run.json").is_file():
+    train_rules, val_rules = padded_rules(ds, max_length, tr), padded_rules(ds, max_length, va)
+    if continuing:
         config = GrammarAEConfig(**meta["model"])
     else:
         config = GrammarAEConfig.for_grammar(base.name, max_length, family, **model_overrides)
@@ -95,13 +97,13 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     net = GrammarAE(config, g)
     log(f"{model} ({config.decoder} decoder) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
         f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(train.device)}")
-    trainer = Trainer(net, rules[tr], rules[va], train, out, progress=progress, log=log)
+    trainer = Trainer(net, train_rules, val_rules, train, out, progress=progress, log=log)
     trainer.fit(resume=resume)
     if rank != 0:
         return out
     plot_history(trainer.history, out / "loss.png")
     net, _ = load_run(out)
-    fit_densities(net, rules[tr], out, device=trainer.device)
+    fit_densities(net, train_rules, out, device=trainer.device)
     return out
 
 
@@ -199,10 +201,17 @@ def sample_run(run_dir: str | Path, n: int, density: str = "gmm", seed: int = 0,
     dev = resolve_device(device)
     net, _ = load_run(run_dir, device=dev)
     q = load_density(run_dir, density, net.config.latent_dim)
-    z = torch.from_numpy(q.sample(n, seed=seed))
+    return decode_strings(net, q.sample(n, seed=seed), stochastic, temperature, seed, batch)
+
+
+def decode_strings(net: GrammarAE, z: np.ndarray, stochastic: bool = False, temperature: float = 1.0,
+                   seed: int = 0, batch: int = 1000) -> list:
+    """Strings decoded in batches from codes ``z [n, d]`` on the model's device (None: incomplete)."""
+    dev = next(net.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
+    z = torch.as_tensor(np.asarray(z, dtype=np.float32))
     out = []
-    for i in range(0, n, batch):
+    for i in range(0, len(z), batch):
         out += net.decode(z[i:i + batch].to(dev), sample=stochastic, temperature=temperature, generator=gen).strings
     return out
 
@@ -233,9 +242,4 @@ def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, t
     z = np.asarray(z, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] != net.config.latent_dim:
         raise RunError(f"codes must have shape [n, {net.config.latent_dim}] for this run, got {z.shape}")
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    out = []
-    for i in range(0, len(z), batch):
-        out += net.decode(torch.from_numpy(z[i:i + batch]).to(dev), sample=stochastic,
-                          temperature=temperature, generator=gen).strings
-    return out
+    return decode_strings(net, z, stochastic, temperature, seed, batch)
