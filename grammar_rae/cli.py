@@ -147,12 +147,16 @@ def data_prepare(grammar_name, input_path, dataset, column, workers, cache_dir, 
 
 
 @data.command("download")
-@click.argument("dataset", type=click.Choice(["zinc250k", "mnist"]))
+@click.argument("dataset", type=click.Choice(["zinc250k", "mnist", "cifar10"]))
 @click.option("--path", type=click.Path(exists=True), default=None,
               help="Use a local copy (file or folder) instead of downloading; it is checksum-verified.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
 def data_download(dataset, path, cache_dir):
-    """Download a public dataset, verify its sha256 and keep it in the cache."""
+    """Download a public dataset, verify its checksum and keep it in the cache.
+
+    zinc250k: the GrammarVAE SMILES file; mnist: the four IDX files; cifar10: the binary version
+    (unpacked in the cache). CelebA has no stable public URL: pass its aligned-image folder to
+    `grammar-rae images train --dataset celeba --data FOLDER`."""
     from .data.download import ChecksumError, fetch
 
     try:
@@ -393,11 +397,16 @@ def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir
 @click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds, e.g. 1,2,3,4,5.")
 @click.option("--n-decode", type=int, default=None, help="Decodes per point (default 500 molecules / 25 expressions).")
 @click.option("--inducing", default=500, show_default=True, help="Sparse-GP inducing points.")
-@click.option("--gp-epochs", default=50, show_default=True)
+@click.option("--gp-epochs", default=50, show_default=True,
+              help="Sparse-GP epochs per fit (protocol: 50 at lr 5e-4; 10 at lr 5e-3 fits as well, 5× faster).")
+@click.option("--gp-refit-epochs", type=int, default=None,
+              help="After the first iteration, warm-start the GP from the previous one and train this many "
+                   "epochs (default: refit from scratch every iteration, as the protocol does).")
 @click.option("--gp-lr", default=5e-4, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
-def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_lr, device, out):
+def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
+             gp_lr, device, out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
 
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
@@ -413,7 +422,8 @@ def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, ind
     try:
         report = run_bo(run_dir, objective, out, target=target, iterations=iterations, batch=batch, seeds=seed_list,
                         n_decode=n_decode, device=device,
-                        gp_kw={"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr}, log=click.echo)
+                        gp_kw={"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr,
+                               "refit_epochs": gp_refit_epochs}, log=click.echo)
     except (RunError, ValueError) as e:
         raise click.ClickException(str(e))
     s = report["summary"]
@@ -429,21 +439,28 @@ def images():
 
 
 @images.command("train")
-@click.option("--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True,
-              help="digits ships with scikit-learn (offline); mnist from --data FOLDER or the download cache.")
-@click.option("--model", type=click.Choice(["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "wae"]),
-              default="rae-l2", show_default=True)
+@click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10", "celeba"]), default="digits",
+              show_default=True,
+              help="digits ships with scikit-learn (offline); mnist / cifar10 from --data FOLDER or the download "
+                   "cache (`grammar-rae data download mnist|cifar10`); celeba from --data FOLDER of aligned images.")
+@click.option("--model", type=click.Choice(["vae", "cv-vae", "wae", "2s-vae", "rae-gp", "rae-l2", "rae-sn", "rae", "ae"]),
+              default="rae-l2", show_default=True,
+              help="The nine rows of the RAE paper's Table 1; β and λ default to the paper's per dataset.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--lr", default=5e-4, show_default=True)
-@click.option("--backbone", type=click.Choice(["paper", "small"]), default=None,
-              help="paper: the RAE paper's network; small: for digits/CPU (default for digits).")
-@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None, help="MNIST IDX folder.")
+@click.option("--backbone", type=click.Choice(["paper", "celeba", "small"]), default=None,
+              help="paper: the RAE paper's MNIST/CIFAR network; celeba: its CelebA network; small: for "
+                   "digits and quick CPU runs. Default: small for digits, celeba for celeba, else paper.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Dataset folder: MNIST IDX files, CIFAR-10 batches, or CelebA's aligned images.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=int, default=None, help="Train on the first N training images only (quick CPU runs).")
 @click.option("--resume", is_flag=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, resume, device, seed):
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
+def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, limit, resume, device, seed, cache_dir):
     """Train an image autoencoder (β, λ default to the paper's per dataset), then fit its densities."""
     from .checkpoint import RunError
     from .image_runs import train_image_run
@@ -453,8 +470,8 @@ def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, re
                       device=device, seed=seed)
     try:
         run = train_image_run(out, dataset, model, data=data, train=cfg, backbone=backbone, resume=resume,
-                              log=click.echo)
-    except (RunError, TrainingDiverged, FileNotFoundError) as e:
+                              log=click.echo, limit=limit, cache_dir=cache_dir)
+    except (RunError, TrainingDiverged, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e))
     click.echo(f"done: {run}")
 
@@ -462,7 +479,8 @@ def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, re
 @images.command("sample")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--n", "n", default=64, show_default=True)
-@click.option("--density", type=click.Choice(["prior", "gaussian", "gmm"]), default="gmm", show_default=True)
+@click.option("--density", type=click.Choice(["prior", "gaussian", "gmm", "two-stage"]), default="gmm",
+              show_default=True, help="two-stage: the 2s-VAE's second stage (2s-vae runs only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="A PNG grid.")
 def images_sample(run_dir, n, density, seed, out):
@@ -485,20 +503,26 @@ def images_sample(run_dir, n, density, seed, out):
 @click.option("--n", "n", default=10_000, show_default=True, help="Test images (and samples) per column.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
-def images_evaluate(run_dirs, n, out, cache_dir):
-    """REC / N / GMM / Interp as Fréchet distances for each run, in one table (DIR/report.json, .md)."""
+@click.option("--inception", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The standard Inception weights as TorchScript (inception-2015-12-05.pt) for Inception "
+                   "FID; without it, a Fréchet distance in an offline classifier's feature space.")
+def images_evaluate(run_dirs, n, out, cache_dir, inception):
+    """REC / N / GMM / Interp as Fréchet distances for each run, in one table (DIR/report.json, .md).
+
+    Also writes, per run, RUN/eval/ with PNG grids per column and interpolation strips."""
     from .checkpoint import RunError, write_json
     from .image_runs import evaluate_image_run
 
     reports = {}
     for r in run_dirs:
         try:
-            reports[r] = evaluate_image_run(r, n=n, cache_dir=cache_dir, log=click.echo)
-        except RunError as e:
+            reports[r] = evaluate_image_run(r, n=n, cache_dir=cache_dir, inception=inception, log=click.echo)
+        except (RunError, FileNotFoundError, ValueError) as e:
             raise click.ClickException(str(e))
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json(Path(out) / "report.json", reports)
-    lines = ["Classifier Fréchet distance (offline feature space; not Inception FID), lower is better.", "",
+    metric = next(iter(reports.values()))["metric"]
+    lines = [f"{metric}, lower is better.", "",
              "| run | model | REC | N | GMM | Interp |", "|---|---|---|---|---|---|"]
     for r, m in reports.items():
         lines.append(f"| {r} | {m['model']} | {m['rec']:.3f} | {m['n']:.3f} | {m['gmm']:.3f} | {m['interp']:.3f} |")

@@ -9,6 +9,8 @@ Saved as safetensors (arrays) + JSON (settings): nothing is ever pickled.
 - ``gmm``      a k-component full-covariance GMM (the paper's "GMM" column: k=10, sklearn
                GaussianMixture with max_iter 2000, tol 1e-3); ``k="auto"`` picks k by held-out
                log-likelihood.
+- ``two-stage`` the 2-stage VAE's second stage (Dai & Wipf, ICLR 2019): a small MLP VAE fitted on the
+               codes, sampled by decoding u ~ N(0, I); its ``log_prob`` is the ELBO (a lower bound).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-KINDS = ("prior", "gaussian", "gmm")
+KINDS = ("prior", "gaussian", "gmm", "two-stage")
 
 
 class DensityError(ValueError):
@@ -48,7 +50,7 @@ class ExPostDensity:
 
     def __init__(self, kind: str = "gmm", k: int | str = 10, seed: int = 0, reg_covar: float = 1e-6,
                  max_iter: int = 2000, tol: float = 1e-3, k_candidates=(1, 2, 5, 10, 20)):
-        if kind not in KINDS:
+        if kind not in KINDS[:3]:
             raise DensityError(f"unknown density {kind!r}; choose from {KINDS}")
         self.kind, self.k, self.seed, self.reg_covar = kind, k, seed, reg_covar
         self.max_iter, self.tol, self.k_candidates = max_iter, tol, tuple(k_candidates)
@@ -150,6 +152,8 @@ class ExPostDensity:
         path = Path(path)
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
+            if meta.get("format") == "grammar-rae-density/1" and meta.get("kind") == "two-stage":
+                return SecondStageVAE.load(path)
             if meta.get("format") != "grammar-rae-density/1":
                 raise DensityError(f"{path.with_suffix('.json')} is not a grammar-rae density file")
             arrays = load_file(str(path.with_suffix(".safetensors")))
@@ -167,6 +171,139 @@ class ExPostDensity:
         return d
 
 
-def make_density(kind: str, **kw) -> ExPostDensity:
-    """``make_density("gmm", k=10)``, ``make_density("gaussian")``, ``make_density("prior")``."""
+class SecondStageVAE:
+    """The second stage of the 2-stage VAE (Dai & Wipf 2019; the RAE paper's 2sVAE row): a VAE
+    u → z with MLP encoder/decoder (2 hidden layers, 1024 units in the paper) and a learned decoder
+    scale γ, fitted on the (standardised) first-stage codes. Per code, the negative ELBO is
+
+        KL(q(u|z) ‖ N(0, I)) + ‖z − D(u)‖² / (2γ²) + d·log γ + (d/2)·log 2π,
+
+    so :meth:`log_prob` returns the ELBO, a lower bound of log q(z). Sampling draws from the model,
+    z = D(u) + γ·ε with u, ε ~ N(0, I) (γ → 0 when the codes lie on a manifold, as Dai & Wipf argue;
+    on codes that are already Gaussian the decoder may ignore u and γ carries the spread).
+    Same interface as :class:`ExPostDensity`; weights in safetensors, settings in JSON.
+    """
+
+    kind = "two-stage"
+
+    def __init__(self, hidden: int = 1024, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
+                 seed: int = 0, **_ignored):
+        self.hidden, self.epochs, self.batch_size, self.lr, self.seed = hidden, epochs, batch_size, lr, seed
+        self.net = None
+        self.shift = self.scale = None
+
+    def _build(self, d: int):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.seed)
+        h = self.hidden
+        self.net = nn.ModuleDict({
+            "enc": nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2 * d)),
+            "dec": nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, d))})
+        self.net.log_gamma = nn.Parameter(torch.zeros(()))
+
+    def _neg_elbo(self, x, sample: bool = True):
+        import math
+
+        import torch
+
+        mean, log_var = self.net["enc"](x).chunk(2, dim=1)
+        u = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if sample else mean
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1)
+        g = self.net.log_gamma
+        d = x.shape[1]
+        rec = (x - self.net["dec"](u)).pow(2).sum(1) / (2 * torch.exp(2 * g)) + d * g + 0.5 * d * math.log(2 * math.pi)
+        return kl + rec
+
+    def fit(self, z, dim: int | None = None) -> "SecondStageVAE":
+        import torch
+
+        z = _check(z)
+        self.shift, self.scale = z.mean(0), z.std(0) + 1e-8
+        x = torch.as_tensor((z - self.shift) / self.scale, dtype=torch.float32)
+        self._build(x.shape[1])
+        opt = torch.optim.Adam(self.net.parameters(), self.lr)
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epochs):
+            for idx in torch.randperm(len(x), generator=g).split(self.batch_size):
+                loss = self._neg_elbo(x[idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if not torch.isfinite(loss):
+                raise DensityError("the second-stage VAE diverged (non-finite loss)")
+        self.net.eval()
+        return self
+
+    def _need_fit(self):
+        if self.net is None:
+            raise DensityError("the density is not fitted yet: call fit(z) first")
+
+    @property
+    def dim(self) -> int:
+        self._need_fit()
+        return len(self.shift)
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        import torch
+
+        self._need_fit()
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        with torch.no_grad():
+            u, eps = torch.randn(n, self.dim, generator=g), torch.randn(n, self.dim, generator=g)
+            x = (self.net["dec"](u) + torch.exp(self.net.log_gamma) * eps).double().numpy()
+        return (x * self.scale + self.shift).astype(np.float32)
+
+    def log_prob(self, z) -> np.ndarray:
+        """The ELBO of each code under the second stage (encoder mean, no sampling), in the units of z."""
+        import torch
+
+        self._need_fit()
+        x = torch.as_tensor((np.asarray(z, dtype=np.float64) - self.shift) / self.scale, dtype=torch.float32)
+        with torch.no_grad():
+            elbo = -self._neg_elbo(x, sample=False).double().numpy()
+        return elbo - np.log(self.scale).sum()  # change of variables from the standardised codes
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from .io import atomic_target, atomic_write_bytes
+
+        self._need_fit()
+        path = Path(path)
+        import torch
+
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+        tensors["shift"], tensors["scale"] = torch.as_tensor(self.shift), torch.as_tensor(self.scale)
+        with atomic_target(path.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, tmp)
+        meta = {"format": "grammar-rae-density/1", "kind": self.kind, "hidden": self.hidden, "epochs": self.epochs,
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SecondStageVAE":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            tensors = load_file(str(path.with_suffix(".safetensors")))
+            d = cls(meta["hidden"], meta["epochs"], meta["batch_size"], meta["lr"], meta["seed"])
+            d.shift, d.scale = tensors.pop("shift").numpy(), tensors.pop("scale").numpy()
+            d._build(len(d.shift))
+            d.net.load_state_dict(tensors)
+        except (OSError, json.JSONDecodeError, SafetensorError, KeyError, RuntimeError) as e:
+            raise DensityError(f"cannot read density {path}: {e}") from e
+        d.net.eval()
+        return d
+
+
+def make_density(kind: str, **kw):
+    """``make_density("gmm", k=10)``, ``make_density("gaussian")``, ``make_density("prior")``,
+    ``make_density("two-stage")``."""
+    if kind == "two-stage":
+        return SecondStageVAE(**kw)
     return ExPostDensity(kind, **kw)

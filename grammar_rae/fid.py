@@ -4,8 +4,11 @@
 
 Standard FID uses Inception-v3 pool3 features; no package ships those weights and this project
 never downloads at run time, so offline the features come from a small classifier trained on the
-dataset's training split and cached per dataset ("classifier FD"). A number is always labelled
-with its feature space; the two are never mixed in one table.
+dataset's training split and cached per dataset ("classifier FD"). With ``--inception FILE`` the
+user supplies the standard Inception weights as the TorchScript file that StyleGAN2-ADA, clean-fid
+and others use (``inception-2015-12-05.pt``: uint8 images in, 2048-d pool3 features out with
+``return_features=True``; grey images are repeated to 3 channels) and the number is Inception FID.
+A number is always labelled with its feature space; the two are never mixed in one table.
 """
 from __future__ import annotations
 
@@ -91,3 +94,48 @@ def feature_net(splits, cache_dir: Path, epochs: int = 5, seed: int = 0, log=pri
 
 def classifier_fd(net: FeatureNet, generated: torch.Tensor, reference: torch.Tensor) -> float:
     return frechet_distance(net.features(to_unit(generated)), net.features(to_unit(reference)))
+
+
+CLASSIFIER_METRIC = "classifier Fréchet distance (offline feature space; not Inception FID)"
+INCEPTION_METRIC = "Inception FID (pool3, user-supplied TorchScript weights)"
+
+
+class InceptionFeatures:
+    """Pool3 features from a user-supplied TorchScript Inception-v3 (``torch.jit.load``: a TorchScript
+    archive holds no Python code to run, unlike a pickled module)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", batch: int = 200):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Inception weights {path} not found")
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format FID weights ship in
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=device).eval()
+        except RuntimeError as e:
+            raise ValueError(f"{path} is not a TorchScript Inception file ({e})") from e
+        self.device, self.batch = device, batch
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        if images.dtype != torch.uint8:
+            images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        if images.shape[1] == 1:
+            images = images.repeat(1, 3, 1, 1)
+        out = [self.model(images[i:i + self.batch].to(self.device), return_features=True).float().cpu()
+               for i in range(0, len(images), self.batch)]
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+def feature_extractor(splits, cache_dir: Path, inception: str | Path | None = None, log=print):
+    """(features(images) -> array, metric label): Inception when its weights are given, else the
+    dataset's cached classifier."""
+    if inception:
+        return InceptionFeatures(inception), INCEPTION_METRIC
+    if splits.name == "celeba":
+        raise ValueError("CelebA has no class labels to train the offline feature classifier on: pass "
+                         "--inception inception-2015-12-05.pt for Inception FID")
+    net = feature_net(splits, cache_dir, log=log)
+    return (lambda images: net.features(to_unit(images))), CLASSIFIER_METRIC

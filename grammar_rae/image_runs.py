@@ -2,10 +2,13 @@
 Table-1 columns of the RAE paper as Fréchet distances:
 
 - ``rec``:    reconstructions of test images
-- ``n``:      samples from one Gaussian fitted on the training codes (the prior for VAE and WAE)
+- ``n``:      samples from one Gaussian fitted on the training codes (the prior for VAE and WAE; the
+              second-stage VAE for the 2s-VAE)
 - ``gmm``:    samples from a 10-component GMM fitted on the training codes
 - ``interp``: decodes of midpoints between the codes of random test pairs
-each against the test images. The run directory layout and checkpoint format are the grammar runs'.
+each against the test images, in the offline classifier feature space or, when the user supplies the
+standard Inception weights, as Inception FID (see fid.py). The run directory layout and checkpoint
+format are the grammar runs'.
 """
 from __future__ import annotations
 
@@ -19,19 +22,24 @@ from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write
 from .data.images import load_images
 from .density import ExPostDensity, make_density
 from .models.image_ae import LATENT, ImageAE, ImageAEConfig, padded_size
-from .train import Trainer, TrainConfig, resolve_device
+from .train import Trainer, TrainConfig
 
 PRIOR_MODELS = ("vae", "wae")  # their "N" column is the prior itself
+DEFAULT_BACKBONE = {"digits": "small", "mnist": "paper", "cifar10": "paper", "celeba": "celeba"}
 
 
 def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=None, train: TrainConfig | None = None,
                     backbone: str | None = None, resume: bool = False, progress: bool = True, log=print,
-                    **overrides) -> Path:
+                    limit: int | None = None, cache_dir=None, **overrides) -> Path:
     out = Path(out)
     train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6)
     if not resume and (out / "run.json").is_file():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    splits = load_images(dataset, path=data, seed=train.seed)
+    splits = load_images(dataset, path=data, seed=train.seed, cache_dir=cache_dir)
+    if resume and (out / "run.json").is_file():
+        limit = read_json(out / "run.json").get("limit")
+    if limit:
+        splits.train, splits.rows["train"] = splits.train[:limit], splits.rows["train"][:limit]
     c, h, _ = splits.shape
     if resume and (out / "run.json").is_file():
         meta = read_json(out / "run.json")
@@ -39,9 +47,10 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     else:
         config = ImageAEConfig(dataset=dataset, model=model, channels=c, image_size=padded_size(h),
                                latent_dim=overrides.pop("latent_dim", None) or LATENT.get(dataset, 16),
-                               backbone=backbone or ("small" if dataset == "digits" else "paper"), **overrides)
+                               backbone=backbone or DEFAULT_BACKBONE.get(dataset, "paper"), **overrides)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", {"format": RUN_FORMAT, "kind": "image", "dataset": dataset, "data": str(data or ""),
+                                  "limit": limit,
                                   "model": config.to_dict(), "train": asdict(train),
                                   "image_shape": list(splits.shape),
                                   "splits": {k: len(v) for k, v in splits.rows.items()}})
@@ -57,8 +66,10 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     plot_history(trainer.history, out / "loss.png")
     net = load_image_run(out)[0]
     z = encode_images(net, splits.train)
-    for kind in ("gaussian", "gmm"):
-        make_density(kind, k=10).fit(z).save(out / "density" / kind)
+    kinds = ("gaussian", "gmm") + (("two-stage",) if config.model == "2s-vae" else ())
+    for kind in kinds:
+        log(f"fitting the {kind} density on {len(z):,} training codes")
+        make_density(kind, k=10, seed=train.seed).fit(z).save(out / "density" / kind)
     return out
 
 
@@ -100,8 +111,12 @@ def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def density_for(run_dir: Path, net: ImageAE, kind: str) -> ExPostDensity:
+    """The density behind a column: ``gaussian`` means the "N" column (the prior for VAE/WAE, the
+    second stage for the 2s-VAE)."""
     if kind == "prior" or (kind == "gaussian" and net.config.model in PRIOR_MODELS):
         return make_density("prior").fit(None, dim=net.config.latent_dim)
+    if kind == "gaussian" and net.config.model == "2s-vae":
+        kind = "two-stage"
     return ExPostDensity.load(run_dir / "density" / kind)
 
 
@@ -113,16 +128,19 @@ def sample_images(run_dir, n: int, density: str = "gmm", seed: int = 0) -> torch
     return to_uint8(decode_images(net, z), size)
 
 
-def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, log=print) -> dict:
-    """The four Table-1 columns as classifier Fréchet distances (see fid.py), plus image grids."""
+def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, inception=None,
+                       log=print) -> dict:
+    """The four Table-1 columns as Fréchet distances (offline classifier features, or Inception FID
+    with ``inception`` weights; see fid.py), plus image grids and interpolation strips."""
     from .data.parsed import cache_root
-    from .fid import classifier_fd, feature_net
+    from .fid import feature_extractor, frechet_distance
 
     run_dir = Path(run_dir)
     net, meta = load_image_run(run_dir)
-    splits = load_images(meta["dataset"], path=meta["data"] or None, seed=meta["train"]["seed"])
+    splits = load_images(meta["dataset"], path=meta["data"] or None, seed=meta["train"]["seed"],
+                         cache_dir=cache_dir)
     size = splits.shape[-1]
-    fnet = feature_net(splits, cache_root(cache_dir), log=log)
+    features, metric = feature_extractor(splits, cache_root(cache_dir), inception, log=log)
     test = splits.test[:n]
     rng = np.random.default_rng(seed)
     z_test = encode_images(net, test)
@@ -133,17 +151,27 @@ def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, 
         "gmm": to_uint8(decode_images(net, density_for(run_dir, net, "gmm").sample(len(test), seed)), size),
         "interp": to_uint8(decode_images(net, (z_test[pairs[:, 0]] + z_test[pairs[:, 1]]) / 2), size),
     }
-    scores = {k: classifier_fd(fnet, v, test) for k, v in images.items()}
-    scores["reference_test_vs_val"] = classifier_fd(fnet, splits.val[:n], test)
+    test_features = features(test)
+    scores = {k: frechet_distance(features(v), test_features) for k, v in images.items()}
+    scores["reference_test_vs_val"] = frechet_distance(features(splits.val[:n]), test_features)
     report = {"run": str(run_dir), "model": meta["model"]["model"], "dataset": meta["dataset"],
-              "metric": "classifier Fréchet distance (offline; not Inception FID)", **scores}
+              "metric": metric, "n": len(test), **scores}
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     write_json(out / "metrics.json", report)
     for k, v in images.items():
         save_grid(v[:64], out / f"{k}.png")
+    save_grid(interpolation_strips(net, z_test, size, rng), out / "interp_strips.png", per_row=10)
     log(", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return report
+
+
+def interpolation_strips(net: ImageAE, z: np.ndarray, size: int, rng, pairs: int = 8, steps: int = 10):
+    """``pairs`` rows of ``steps`` decodes along the segment between two test codes."""
+    ends = rng.choice(len(z), size=(pairs, 2), replace=len(z) < 2 * pairs)
+    t = np.linspace(0, 1, steps)[None, :, None]
+    path = (1 - t) * z[ends[:, 0]][:, None] + t * z[ends[:, 1]][:, None]  # [pairs, steps, d]
+    return to_uint8(decode_images(net, path.reshape(-1, z.shape[1])), size)
 
 
 def save_grid(images: torch.Tensor, path: Path, per_row: int = 8) -> None:

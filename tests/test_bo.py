@@ -28,7 +28,8 @@ def run(tmp_path_factory):
 
 def test_optimize_cli_report_rescores_exactly_and_resumes(run, tmp_path):
     args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
-            "--seeds", "1,2", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
+            "--seeds", "1,2", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-refit-epochs", "1",
+            "--gp-lr", "0.01",
             "--device", "cpu", "--out", str(tmp_path / "bo")]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

@@ -1,5 +1,4 @@
 """Sparse GP and expected improvement."""
-import math
 
 import numpy as np
 import pytest
@@ -67,3 +66,29 @@ def test_batched_greedy_ei_spreads_its_batch_inside_the_box(gp):
     assert gp.predict(x[:1])[0][0] > 1.3  # the first point sits near the maximum (~1.6)
     xm = batched_greedy_ei(gp, best=y.min(), batch=3, maximise=False, **box)
     assert gp.predict(xm[:1])[0][0] < -1.5  # minimising: near the minimum (~ -2)
+
+
+def test_believed_posterior_equals_conditioning_the_joint_gaussian(gp):
+    """The cached Kriging-believer update is exactly the Gaussian conditional of the joint posterior."""
+    b = BelievedGP(gp)
+    g = torch.Generator().manual_seed(1)
+    xf = torch.rand(4, 2, generator=g, dtype=torch.float64) * 4 - 2
+    for x in xf:
+        b.believe(x)
+    x = torch.rand(7, 2, generator=g, dtype=torch.float64) * 4 - 2
+    with torch.no_grad():
+        mean, var = b.mean_var(x)
+        m0, cov = gp.latent(torch.cat([xf, x]), full_cov=True)
+    c_ff = cov[:4, :4] + 1e-6 * torch.eye(4, dtype=cov.dtype)
+    expected = cov.diagonal()[4:] - (cov[:4, 4:] * torch.linalg.solve(c_ff, cov[:4, 4:])).sum(0)
+    assert torch.allclose(mean, m0[4:]) and torch.allclose(var, expected.clamp_min(1e-12), atol=1e-9)
+
+
+def test_warm_started_gp_keeps_what_it_learnt(gp):
+    x, y = data(1500, 0)
+    xt, yt = data(500, 1)
+    same = SparseGP.fit(x, y, epochs=0, batch=500, init=gp)  # zero epochs: the warm GP itself
+    assert np.allclose(same.predict(xt)[0], gp.predict(xt)[0])
+    cold = SparseGP.fit(x, y, n_inducing=60, epochs=1, batch=500, lr=0.02, seed=0)
+    warm = SparseGP.fit(x, y, epochs=1, batch=500, lr=0.02, seed=0, init=gp)
+    assert warm.test_metrics(xt, yt)["rmse"] < cold.test_metrics(xt, yt)["rmse"]

@@ -1,5 +1,4 @@
 """The grammar layer: tables derived from the file, exact parsing, derivation, errors."""
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 

@@ -1,4 +1,5 @@
-"""Explicit downloads of public datasets: fixed URLs, sha256 verified, kept in the cache.
+"""Explicit downloads of public datasets: fixed URLs, checksums verified (sha256; md5 where the
+publisher gives only md5, as CIFAR-10 does), kept in the cache; archives are unpacked safely.
 
 Nothing here runs at import or test time; only ``grammar-rae data download`` (or a call of
 :func:`fetch`) touches the network. ``--path`` uses a local copy instead, after the same check.
@@ -17,8 +18,9 @@ from .parsed import cache_root, file_sha256
 @dataclass(frozen=True)
 class RemoteFile:
     name: str
-    sha256: str
+    sha256: str                 # "md5:<hex>" where the publisher gives only an md5
     urls: tuple[str, ...]
+    extract: str = ""           # for a .tar.gz: the folder it unpacks to (kept beside it)
 
 
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
@@ -37,6 +39,11 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
             ("t10k-labels-idx1-ubyte", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
         ]
     ),
+    # the binary version: fixed-size records, read without unpickling anything (md5 from the CIFAR page)
+    "cifar10": (
+        RemoteFile("cifar-10-binary.tar.gz", "md5:c32a1d4ab5d03f1284b67883e8d87530",
+                   ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",), extract="cifar-10-batches-bin"),
+    ),
 }
 
 
@@ -49,9 +56,35 @@ def dataset_dir(dataset: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def _verify(path: Path, expected: str) -> None:
-    got = file_sha256(path)
+    if expected.startswith("md5:"):
+        import hashlib
+
+        h = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        got, expected, algo = h.hexdigest(), expected[4:], "md5"
+    else:
+        got, algo = file_sha256(path), "sha256"
     if got != expected:
-        raise ChecksumError(f"{path}: sha256 {got} does not match the published {expected}")
+        raise ChecksumError(f"{path}: {algo} {got} does not match the published {expected}")
+
+
+def _extract(archive: Path, folder: str) -> None:
+    """Unpack a verified .tar.gz beside itself with tarfile's "data" filter (no links out, no
+    absolute paths, no device files); atomic: a half-unpacked folder is never left under its name."""
+    import tarfile
+
+    target = archive.parent / folder
+    if target.is_dir():
+        return
+    tmp = archive.parent / f".{folder}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    inner = tmp / folder if (tmp / folder).is_dir() else tmp
+    inner.rename(target)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | None = None,
@@ -70,6 +103,8 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
         target = out / remote.name
         if target.is_file():
             _verify(target, remote.sha256)
+            if remote.extract:
+                _extract(target, remote.extract)
             continue
         if path is not None:
             src = Path(path)
@@ -79,6 +114,8 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
             _verify(src, remote.sha256)
             with atomic_target(target) as tmp:
                 shutil.copyfile(src, tmp)
+            if remote.extract:
+                _extract(target, remote.extract)
             continue
         errors = []
         for url in remote.urls:
@@ -90,6 +127,8 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
         else:
             raise RuntimeError(f"could not download {remote.name}:\n  " + "\n  ".join(errors)
                                + f"\nDownload it by hand and pass --path, or place it in {out}")
+        if remote.extract:
+            _extract(target, remote.extract)
     return out
 
 

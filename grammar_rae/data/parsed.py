@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..grammar import Grammar, ParseError, load_grammar
+from ..grammar import Grammar, load_grammar
 from ..io import _umask
 
 FORMAT_VERSION = 1

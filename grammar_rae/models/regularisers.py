@@ -103,7 +103,7 @@ def objective(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: tor
     terms = {"rec": rec}
     if model in ("rae-l2", "rae-gp", "rae-sn", "rae", "cv-vae"):
         terms["z"] = latent_l2(mean).mean()          # CV-VAE: its KL up to a constant
-    elif model == "vae":
+    elif model in ("vae", "2s-vae"):               # 2s-VAE: its first stage is a VAE
         terms["kl"] = gaussian_kl(mean, log_var).mean()
     elif model == "wae":
         terms["mmd"] = mmd_imq(z, torch.randn_like(z))

@@ -27,29 +27,46 @@ def expected_improvement(mean: torch.Tensor, var: torch.Tensor, best: float, xi:
 
 
 class BelievedGP:
-    """The GP's latent posterior conditioned on fantasy observations at its own predicted means."""
+    """The GP's latent posterior conditioned on fantasy observations at its own predicted means.
+
+    The GP is frozen during acquisition, so everything that does not depend on the query points is
+    computed once: the inducing Cholesky L_mm, S, and for the believed points F their projections
+    A_F = L_mm⁻¹ K_mF, SᵀA_F and the inverse of their joint covariance C_FF. A query x then costs one
+    triangular solve: cov(F, x) = K_Fx − A_Fᵀ A_x + (SᵀA_F)ᵀ(SᵀA_x) and
+    var(x | F) = var(x) − cov(x, F) C_FF⁻¹ cov(F, x).
+    """
 
     def __init__(self, gp: SparseGP):
         self.gp = gp
+        with torch.no_grad():
+            self.l_mm, self.s = gp._chol_mm(), gp._s()
         self.points: list[torch.Tensor] = []
+        self._f = None  # (x_F, A_F, SᵀA_F, C_FF⁻¹)
+
+    def _project(self, x: torch.Tensor):
+        a = torch.linalg.solve_triangular(self.l_mm, self.gp.kernel(self.gp.z, x), upper=False)
+        return a, self.s.T @ a
 
     def mean_var(self, x: torch.Tensor):
         gp = self.gp
-        mean, var = gp.latent(x)
-        if not self.points:
+        a, s_a = self._project(x)
+        mean = a.T @ gp.q_mean
+        var = (gp.log_outputscale.exp() - a.pow(2).sum(0) + s_a.pow(2).sum(0)).clamp_min(1e-10)
+        if self._f is None:
             return mean, var
-        xf = torch.stack(self.points)
-        joint = torch.cat([xf, x])
-        _, cov = gp.latent(joint, full_cov=True)
-        k = len(xf)
-        # believed exactly (jitter only): a chosen point's variance drops to ~0, so its EI does too
-        c_ff = cov[:k, :k] + 1e-6 * torch.eye(k, dtype=cov.dtype)
-        c_fx = cov[:k, k:]
-        solved = torch.linalg.solve(c_ff, c_fx)
-        return mean, (var - (c_fx * solved).sum(0)).clamp_min(1e-12)
+        xf, a_f, sa_f, c_inv = self._f
+        c_fx = gp.kernel(xf, x) - a_f.T @ a + sa_f.T @ s_a
+        return mean, (var - (c_fx * (c_inv @ c_fx)).sum(0)).clamp_min(1e-12)
 
+    @torch.no_grad()
     def believe(self, x: torch.Tensor):
         self.points.append(x.detach())
+        xf = torch.stack(self.points)
+        a_f, sa_f = self._project(xf)
+        cov = self.gp.kernel(xf, xf) - a_f.T @ a_f + sa_f.T @ sa_f
+        # believed exactly (jitter only): a chosen point's variance drops to ~0, so its EI does too
+        c_inv = torch.linalg.inv(cov + 1e-6 * torch.eye(len(xf), dtype=cov.dtype))
+        self._f = (xf, a_f, sa_f, c_inv)
 
 
 def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.ndarray, batch: int = 50,
@@ -65,6 +82,16 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
     hi = torch.as_tensor(upper, dtype=torch.float64)
     sign = 1.0 if maximise else -1.0
     f_best = sign * (best - gp.y_mean) / gp.y_std  # in the GP's standardised units, signed
+    frozen = [p.requires_grad for p in gp.parameters()]
+    gp.requires_grad_(False)  # only the query points are optimised
+    try:
+        return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
+    finally:
+        for p, r in zip(gp.parameters(), frozen):
+            p.requires_grad_(r)
+
+
+def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g) -> np.ndarray:
     believed = BelievedGP(gp)
     chosen = []
     for _ in range(batch):

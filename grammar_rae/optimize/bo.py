@@ -10,7 +10,6 @@ at the next iteration.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import RunError, read_json, write_json
+from ..checkpoint import read_json, write_json
 from ..train import resolve_device
 from .acquisition import batched_greedy_ei
 from .gp import SparseGP
@@ -77,12 +76,19 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     x_extra = [np.array(p) for it in state["iterations"] for p in it["points"]]
     y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
     worst = float(y[tr].min() if sign > 0 else y[tr].max())
+    gp_kw = dict(gp_kw)
+    refit_epochs = gp_kw.pop("refit_epochs", None)
+    gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
         t0 = time.time()
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
-        gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, **gp_kw)
+        if gp is not None and refit_epochs:  # warm start from the previous iteration's GP
+            gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, init=gp,
+                              **{**gp_kw, "epochs": refit_epochs})
+        else:
+            gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, **gp_kw)
         if state["gp_test"] is None:
             state["gp_test"] = gp.test_metrics(z[te], y[te])
             log(f"seed {seed}: sparse GP on the test split: RMSE {state['gp_test']['rmse']:.3f}, "

@@ -49,10 +49,11 @@ class SparseGP(nn.Module):
     def _s(self):
         return torch.tril(self.q_sqrt)
 
-    def latent(self, x: torch.Tensor, full_cov: bool = False):
-        """Mean and variance (or covariance) of f(x) under q, in standardised units."""
-        a = self._project(x)
-        s_a = self._s().T @ a
+    def latent(self, x: torch.Tensor, full_cov: bool = False, l_mm=None, s=None):
+        """Mean and variance (or covariance) of f(x) under q, in standardised units. ``l_mm`` and ``s``
+        (from a frozen GP) skip the O(M³) Cholesky when the caller asks many times."""
+        a = self._project(x, l_mm)
+        s_a = (self._s() if s is None else s).T @ a
         mean = a.T @ self.q_mean
         if full_cov:
             cov = self.kernel(x, x) - a.T @ a + s_a.T @ s_a
@@ -72,9 +73,11 @@ class SparseGP(nn.Module):
     # ------------------------------------------------------------------ fitting and prediction
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, n_inducing: int = 500, epochs: int = 50, batch: int = 5000,
-            lr: float = 5e-4, seed: int = 0, progress: bool = False, device="cpu") -> "SparseGP":
-        """The GrammarVAE protocol's settings by default (lr 5e-4 is theirs; with few epochs on small
-        data a larger lr converges faster)."""
+            lr: float = 5e-4, seed: int = 0, progress: bool = False, device="cpu",
+            init: "SparseGP | None" = None) -> "SparseGP":
+        """The GrammarVAE protocol's settings by default (lr 5e-4 is theirs; with few epochs a larger
+        lr converges faster). ``init``: start from a fitted GP's parameters (a warm start when a BO
+        iteration adds a few points) instead of a fresh random-subset initialisation."""
         from tqdm.auto import tqdm
 
         g = torch.Generator().manual_seed(seed)
@@ -84,11 +87,14 @@ class SparseGP(nn.Module):
             raise ValueError(f"x must be [n, d] and y [n]; got {tuple(xt.shape)} and {tuple(yt.shape)}")
         y_mean, y_std = yt.mean().item(), yt.std().item() or 1.0
         ys = (yt - y_mean) / y_std
-        m = min(n_inducing, len(xt))
+        warm = init
+        m = len(warm.z) if warm is not None else min(n_inducing, len(xt))
         init = xt[torch.randperm(len(xt), generator=g)[:m].to(device)]
         # lengthscale: median pairwise distance of a subset, per dimension via the data spread
         spread = xt.std(0).clamp_min(1e-3)
         gp = cls(init, lengthscale=spread * math.sqrt(xt.shape[1]), noise=0.1).to(device)
+        if warm is not None:  # a few added points barely move the targets' standardisation
+            gp.load_state_dict(warm.state_dict())
         gp.y_mean, gp.y_std = y_mean, y_std
         opt = torch.optim.Adam(gp.parameters(), lr=lr)
         n = len(xt)
