@@ -97,11 +97,19 @@ def markdown_report(r: dict) -> str:
 
 def molecule_grid(strings, path: Path, n: int = 24) -> None:
     from rdkit import Chem
-    from rdkit.Chem import Draw
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    from .io import atomic_write_bytes
 
     mols = [m for m in (Chem.MolFromSmiles(s) for s in strings if s) if m is not None][:n]
     if mols:
-        Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(220, 180)).save(str(path))
+        # the Cairo drawer directly: Draw.MolsToGridImage returns an IPython image inside notebooks
+        per_row, (w, h) = min(6, len(mols)), (220, 180)
+        rows = -(-len(mols) // per_row)
+        d = rdMolDraw2D.MolDraw2DCairo(per_row * w, rows * h, w, h)
+        d.DrawMolecules(mols)
+        d.FinishDrawing()
+        atomic_write_bytes(Path(path), d.GetDrawingText())
 
 
 def expression_plot(strings, path: Path, n: int = 12) -> None:

@@ -7,8 +7,12 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quickstart.ipynb"])
-def test_notebook_executes(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, produces", [
+    ("quickstart.ipynb", "runs/quickstart/rae-l2/density/gmm.json"),
+    ("images.ipynb", "runs/images/rae-l2/eval/interp_strips.png"),
+    ("molecules_bo.ipynb", "runs/molecules/bo/report.json"),
+])
+def test_notebook_executes(name, produces, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -16,4 +20,4 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert (tmp_path / "runs" / "quickstart" / "rae-l2" / "density" / "gmm.json").is_file()
+    assert (tmp_path / produces).is_file()
