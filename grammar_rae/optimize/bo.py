@@ -162,7 +162,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
                        dev, log, progress) for s in seeds]
     summary = summarise(states, obj)
     report = {"run": str(run_dir), "objective": obj.name, "target": target, "iterations": iterations,
-              "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "summary": summary,
+              "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "gp": gp_kw, "summary": summary,
               "evaluations": [e for st in states for it in st["iterations"] for e in it["evaluations"]]}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
