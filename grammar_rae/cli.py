@@ -408,10 +408,13 @@ def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir
               help="After the first iteration, warm-start the GP from the previous one and train this many "
                    "epochs (default: refit from scratch every iteration, as the protocol does).")
 @click.option("--gp-lr", default=5e-4, show_default=True)
+@click.option("--gp", "gp_backend", type=click.Choice(["native", "botorch"]), default="native", show_default=True,
+              help="native: our sparse GP + batched greedy EI (the GrammarVAE protocol); botorch: BoTorch's "
+                   "SingleTaskVariationalGP + sequential qLogEI (pip install \"grammar-rae[botorch]\").")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
-             gp_lr, device, out):
+             gp_lr, gp_backend, device, out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
 
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
@@ -428,8 +431,8 @@ def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, ind
         report = run_bo(run_dir, objective, out, target=target, iterations=iterations, batch=batch, seeds=seed_list,
                         n_decode=n_decode, device=device,
                         gp_kw={"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr,
-                               "refit_epochs": gp_refit_epochs}, log=click.echo)
-    except (RunError, ValueError) as e:
+                               "refit_epochs": gp_refit_epochs, "backend": gp_backend}, log=click.echo)
+    except (RunError, ValueError, ImportError) as e:
         raise click.ClickException(str(e))
     s = report["summary"]
     click.echo(f"fraction valid {s['fraction_valid']['mean']:.2f}, average score {s['average_score']['mean']:.3f}; "

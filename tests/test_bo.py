@@ -51,3 +51,15 @@ def test_optimize_cli_report_rescores_exactly_and_resumes(run, tmp_path):
     report2 = json.loads((tmp_path / "bo" / "report.json").read_text())
     assert report2["evaluations"][:6] == [e for e in ev if e["seed"] == 1]
     assert len(report2["evaluations"]) == 2 * 3 * 3
+
+
+def test_optimize_with_the_botorch_route(run, tmp_path):
+    pytest.importorskip("botorch")
+    args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "1", "--batch", "2", "--seeds", "1",
+            "--n-decode", "2", "--inducing", "10", "--gp-epochs", "2", "--gp-lr", "0.05", "--gp", "botorch",
+            "--device", "cpu", "--out", str(tmp_path / "bo")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "bo" / "report.json").read_text())
+    assert report["gp"]["backend"] == "botorch" and len(report["evaluations"]) == 2
+    assert report["summary"]["gp_test"][0]["rmse"] > 0

@@ -92,3 +92,18 @@ def test_warm_started_gp_keeps_what_it_learnt(gp):
     cold = SparseGP.fit(x, y, n_inducing=60, epochs=1, batch=500, lr=0.02, seed=0)
     warm = SparseGP.fit(x, y, epochs=1, batch=500, lr=0.02, seed=0, init=gp)
     assert warm.test_metrics(xt, yt)["rmse"] < cold.test_metrics(xt, yt)["rmse"]
+
+
+def test_botorch_route_fits_and_proposes_inside_the_box():
+    pytest.importorskip("botorch")
+    from grammar_rae.optimize.botorch_gp import fit_and_propose
+
+    x, y = data(600, 0)
+    xt, yt = data(200, 1)
+    lo, hi = np.array([-2.0, -2.0]), np.array([2.0, 2.0])
+    pts, m = fit_and_propose(x, y, lo, hi, batch=4, maximise=True, n_inducing=40, epochs=200, lr=0.05,
+                             minibatch=200, seed=0, x_test=xt, y_test=yt, num_restarts=2, raw_samples=64)
+    assert m["rmse"] < 0.35 * np.std(yt) and m["log_likelihood"] > -1.0
+    assert pts.shape == (4, 2) and (pts >= lo - 1e-9).all() and (pts <= hi + 1e-9).all()
+    assert len({tuple(np.round(p, 3)) for p in pts}) == 4  # sequential qLogEI spreads the batch
+    assert smooth(pts).mean() > np.mean(y)  # the proposals aim at high values

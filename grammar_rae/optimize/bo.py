@@ -78,24 +78,37 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     worst = float(y[tr].min() if sign > 0 else y[tr].max())
     gp_kw = dict(gp_kw)
     refit_epochs = gp_kw.pop("refit_epochs", None)
+    backend = gp_kw.pop("backend", "native")
     gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
         t0 = time.time()
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
-        if gp is not None and refit_epochs:  # warm start from the previous iteration's GP
-            gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, init=gp,
-                              **{**gp_kw, "epochs": refit_epochs})
+        if backend == "botorch":
+            from .botorch_gp import fit_and_propose
+
+            need_test = state["gp_test"] is None
+            points, metrics = fit_and_propose(
+                x_fit, y_fit, z[tr].min(0), z[tr].max(0), batch, sign > 0, n_inducing=gp_kw["n_inducing"],
+                epochs=gp_kw["epochs"], lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed * 1000 + it,
+                x_test=z[te] if need_test else None, y_test=y[te] if need_test else None)
+            if need_test:
+                state["gp_test"] = metrics
         else:
-            gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, **gp_kw)
-        if state["gp_test"] is None:
-            state["gp_test"] = gp.test_metrics(z[te], y[te])
+            if gp is not None and refit_epochs:  # warm start from the previous iteration's GP
+                gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, init=gp,
+                                  **{**gp_kw, "epochs": refit_epochs})
+            else:
+                gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, **gp_kw)
+            if state["gp_test"] is None:
+                state["gp_test"] = gp.test_metrics(z[te], y[te])
+            best = float(y_fit.max() if sign > 0 else y_fit.min())
+            points = batched_greedy_ei(gp, best, z[tr].min(0), z[tr].max(0), batch=batch, seed=seed * 1000 + it,
+                                       maximise=sign > 0)
+        if it == 1:
             log(f"seed {seed}: sparse GP on the test split: RMSE {state['gp_test']['rmse']:.3f}, "
                 f"log-likelihood {state['gp_test']['log_likelihood']:.3f}")
-        best = float(y_fit.max() if sign > 0 else y_fit.min())
-        points = batched_greedy_ei(gp, best, z[tr].min(0), z[tr].max(0), batch=batch, seed=seed * 1000 + it,
-                                   maximise=sign > 0)
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + it)
         zt = torch.as_tensor(points, dtype=torch.float32, device=device)
         decodes = [[] for _ in range(len(points))]
