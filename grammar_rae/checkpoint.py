@@ -2,14 +2,20 @@
 
 A run directory holds ``run.json`` (format tag, model and training configs, grammar hash), and
 ``checkpoints/{last,best}.safetensors`` (weights) with ``{last,best}.json`` (epoch, history) and
-``last.state.pt`` (optimizer/scheduler/RNG state: tensors and numbers only, read with
-``torch.load(weights_only=True)``). Every file is written atomically (temp file + rename), so a kill
+``last.state.safetensors`` + ``last.state.json`` (optimizer/scheduler/RNG state: its tensors, and the
+structure around them as JSON). Every file is written atomically (temp file + rename), so a kill
 at any moment leaves the previous checkpoint intact. Nothing is ever unpickled: a file that is not
 ours, or was tampered with, fails with :class:`RunError`.
+
+Files stay practical to move: a tensor file larger than ``MAX_FILE_BYTES`` (15 MiB) is written as
+shards ``NAME.<tag>-00001-of-0000N.safetensors`` first, then ``NAME.safetensors`` as a small index
+naming them (the commit); the old shards are removed afterwards, so a kill never leaves an index
+pointing at half-written shards. ``load_weights`` reads either form.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +23,8 @@ import torch
 from .io import atomic_target, atomic_write_bytes
 
 RUN_FORMAT = "grammar-rae-run/1"
+MAX_FILE_BYTES = 15 * 2 ** 20
+_SHARDS = "grammar_rae_shards"
 
 
 class RunError(RuntimeError):
@@ -39,38 +47,132 @@ def read_json(path: Path) -> dict:
     return obj
 
 
-def save_weights(path: Path, state_dict: dict, half: bool = False) -> None:
+def save_weights(path: Path, state_dict: dict, half: bool = False, max_bytes: int | None = None) -> None:
+    """Tensors to ``path`` (safetensors), sharded when larger than ``max_bytes`` (see module doc)."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
     tensors = {}
     for k, v in state_dict.items():
         v = v.detach().cpu()
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.contiguous().clone()  # clone: safetensors refuses tensors sharing storage
-    with atomic_target(path) as tmp:
-        save_file(tensors, tmp)
+    old = _shard_names(path)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    if size <= max_bytes:
+        with atomic_target(path) as tmp:
+            save_file(tensors, tmp)
+    else:
+        groups, current, used = [], {}, 0
+        for k, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            if current and used + nbytes > max_bytes:
+                groups.append(current)
+                current, used = {}, 0
+            current[k], used = t, used + nbytes
+        groups.append(current)
+        tag = os.urandom(4).hex()
+        names = [f"{path.stem}.{tag}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        for name, group in zip(names, groups):
+            with atomic_target(path.parent / name) as tmp:
+                save_file(group, tmp)
+        with atomic_target(path) as tmp:  # the index: the commit
+            save_file({}, tmp, metadata={_SHARDS: json.dumps(names)})
+        old = [n for n in old if n not in names]
+    for name in old:  # shards of the previous version, no longer referenced
+        (path.parent / name).unlink(missing_ok=True)
+
+
+def _shard_names(path: Path) -> list[str]:
+    """The shards an existing index at ``path`` names (none for a single file or no file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return []
+    try:
+        names = json.loads(meta.get(_SHARDS, "[]"))
+    except json.JSONDecodeError:
+        return []
+    return [n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n and not n.startswith(".")]
 
 
 def load_weights(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise RunError(f"{path} is missing")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        for name in _shard_names(path):
+            if not (path.parent / name).is_file():
+                raise RunError(f"{path} names the shard {name}, which is missing")
+            tensors.update(load_file(str(path.parent / name)))
+        return tensors
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{path} is not a safetensors weight file ({e}); refusing to load it") from e
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Optimizer/scheduler/RNG state: plain containers of tensors and numbers."""
-    with atomic_target(path) as tmp:
-        torch.save(state, tmp)
+def _flatten(obj, tensors: dict):
+    """A JSON skeleton of ``obj`` with its tensors moved into ``tensors`` (dict keys keep their type)."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint state")
 
 
-def load_state(path: Path) -> dict:
+def _unflatten(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            return [_unflatten(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+    if isinstance(obj, (dict, list)):
+        raise ValueError("unexpected structure in a checkpoint state")
+    return obj
+
+
+def save_state(stem: Path, state: dict) -> None:
+    """Optimizer/scheduler/RNG state as ``stem.safetensors`` (tensors, sharded if large) and
+    ``stem.json`` (the structure around them; written last, so it is the commit)."""
+    stem = Path(stem)
+    tensors: dict = {}
+    skeleton = _flatten(state, tensors)
+    save_weights(stem.with_name(stem.name + ".safetensors"), tensors)
+    write_json(stem.with_name(stem.name + ".json"), {"format": "grammar-rae-state/1", "state": skeleton})
+
+
+def load_state(stem: Path) -> dict:
+    stem = Path(stem)
+    meta = read_json(stem.with_name(stem.name + ".json"))
+    if meta.get("format") != "grammar-rae-state/1":
+        raise RunError(f"{stem}.json is not a grammar-rae training state")
+    tensors = load_weights(stem.with_name(stem.name + ".safetensors"))
+    try:
+        return _unflatten(meta["state"], tensors)
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunError(f"{stem}.json does not match its tensors ({e}); the checkpoint is damaged") from e
+
+
+def load_legacy_state(path: Path) -> dict:
+    """``last.state.pt`` of runs written before the JSON state: plain tensors and numbers only."""
     import pickle
 
     try:

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import RunError, load_model_state, load_state, read_json, save_state, save_weights, write_json
+from .checkpoint import (RunError, load_legacy_state, load_model_state, load_state, read_json, save_state,
+                         save_weights, write_json)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Trainer:
         if self.rank != 0:
             return
         save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
-        save_state(self.ckpt / "last.state.pt", {
+        save_state(self.ckpt / "last.state", {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()})
         write_json(self.ckpt / "last.json", {"epoch": self.epoch, "best_val": self.best_val,
@@ -109,7 +110,9 @@ class Trainer:
             return False
         meta = read_json(self.ckpt / "last.json")
         load_model_state(self.model, self.ckpt / "last.safetensors")
-        state = load_state(self.ckpt / "last.state.pt")
+        legacy = self.ckpt / "last.state.pt"
+        state = load_state(self.ckpt / "last.state") if (self.ckpt / "last.state.json").is_file() \
+            else load_legacy_state(legacy)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])

@@ -89,6 +89,12 @@ class Planted:
 def test_a_planted_pickle_is_refused(tmp_path, expr_file):
     run = small_run(tmp_path / "p", expr_file, 1)
     sentinel = tmp_path / "pwned"
+    with open(run / "checkpoints" / "last.state.safetensors", "wb") as f:
+        pickle.dump({"optimizer": Planted(str(sentinel))}, f)
+    with pytest.raises(RunError, match="not a safetensors"):
+        small_run(tmp_path / "p", expr_file, 2, resume=True)
+    # a run from before the JSON state keeps last.state.pt: it is read with weights_only=True
+    (run / "checkpoints" / "last.state.json").unlink()
     with open(run / "checkpoints" / "last.state.pt", "wb") as f:
         pickle.dump({"optimizer": Planted(str(sentinel))}, f)
     with pytest.raises(RunError, match="refusing to unpickle"):
@@ -198,3 +204,39 @@ def test_molecule_run_reports_chemistry_metrics(tmp_path):
     assert {"validity", "uniqueness", "novelty", "n_valid"} <= set(gmm)
     md = (run / "eval" / "report.md").read_text()
     assert "| gmm |" in md
+
+
+def test_large_tensor_files_are_sharded_and_read_back(tmp_path):
+    from grammar_rae.checkpoint import load_weights, save_weights
+
+    g = torch.Generator().manual_seed(0)
+    sd = {f"w{i}": torch.randn(100, 100, generator=g) for i in range(5)}  # 40 kB each
+    path = tmp_path / "best.safetensors"
+    save_weights(path, sd, max_bytes=100_000)
+    shards = sorted(p.name for p in tmp_path.glob("best.*-of-*.safetensors"))
+    assert len(shards) == 3 and path.stat().st_size < 1000
+    assert all((tmp_path / n).stat().st_size <= 100_000 + 1000 for n in shards)
+    back = load_weights(path)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    save_weights(path, {k: v + 1 for k, v in sd.items()}, max_bytes=100_000)  # a new version replaces the old
+    assert not set(shards) & {p.name for p in tmp_path.glob("best.*-of-*.safetensors")}
+    assert torch.equal(load_weights(path)["w0"], sd["w0"] + 1)
+    save_weights(path, sd)  # small enough again: one file, the shards go
+    assert not list(tmp_path.glob("best.*-of-*.safetensors")) and torch.equal(load_weights(path)["w4"], sd["w4"])
+    save_weights(path, sd, max_bytes=100_000)
+    next(tmp_path.glob("best.*-00002-of-*.safetensors")).unlink()
+    with pytest.raises(RunError, match="missing"):
+        load_weights(path)
+
+
+def test_training_state_round_trips_without_pickle(tmp_path):
+    from grammar_rae.checkpoint import load_state, save_state
+
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
+                           "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]},
+             "scheduler": {"best": float("inf"), "num_bad_epochs": 1}, "rng": torch.arange(4, dtype=torch.uint8)}
+    save_state(tmp_path / "last.state", state)
+    back = load_state(tmp_path / "last.state")
+    assert back["optimizer"]["state"][0]["step"].item() == 3.0 and 0 in back["optimizer"]["state"]
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["scheduler"]["best"] == float("inf") and torch.equal(back["rng"], state["rng"])
