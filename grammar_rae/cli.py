@@ -213,11 +213,14 @@ MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cv
 @click.option("--encoder-hidden", type=int, default=None, help="Encoder dense width. Default: 100 (expr), 435 (smiles).")
 @click.option("--beta", type=float, default=None, help="Weight of the latent term (½‖z‖², or KL for VAE).")
 @click.option("--lam", type=float, default=None, help="Weight of the decoder regulariser (L2 / GP).")
+@click.option("--vae-epsilon-std", type=float, default=None,
+              help="vae/cvae: scale of the reparameterisation noise. 1.0 (default) is the textbook VAE; 0.01 is "
+                   "the GrammarVAE code's convention (its published baselines), which avoids posterior collapse.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
 def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr, decoder, latent_dim, decoder_hidden,
-          encoder_hidden, beta, lam, device, seed, cache_dir):
+          encoder_hidden, beta, lam, vae_epsilon_std, device, seed, cache_dir):
     """Train a grammar autoencoder into a run directory, then fit its ex-post densities.
 
     A checkpoint is written atomically after every epoch; after a kill, the same command with
@@ -228,7 +231,8 @@ def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr,
     from .train import TrainConfig, TrainingDiverged
 
     overrides = {k: v for k, v in dict(latent_dim=latent_dim, beta=beta, lam=lam, decoder=decoder,
-                                       decoder_hidden=decoder_hidden, encoder_hidden=encoder_hidden).items()
+                                       decoder_hidden=decoder_hidden, encoder_hidden=encoder_hidden,
+                                       vae_epsilon_std=vae_epsilon_std).items()
                  if v is not None}
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
     try:
