@@ -196,7 +196,6 @@ class SecondStageVAE:
         import torch
         from torch import nn
 
-        torch.manual_seed(self.seed)
         h = self.hidden
         self.net = nn.ModuleDict({
             "enc": nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2 * d)),
@@ -220,6 +219,13 @@ class SecondStageVAE:
         import torch
 
         z = _check(z)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
+            torch.manual_seed(self.seed)
+            return self._fit(z)
+
+    def _fit(self, z: np.ndarray) -> "SecondStageVAE":
+        import torch
+
         self.shift, self.scale = z.mean(0), z.std(0) + 1e-8
         x = torch.as_tensor((z - self.shift) / self.scale, dtype=torch.float32)
         self._build(x.shape[1])
