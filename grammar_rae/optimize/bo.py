@@ -134,6 +134,11 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     return state
 
 
+def _mean_std(values) -> dict:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std())} if len(v) else {"mean": float("nan"), "std": float("nan")}
+
+
 def summarise(states: list[dict], objective: Objective) -> dict:
     sign = 1.0 if objective.higher_is_better else -1.0
     evaluations = [e for st in states for it in st["iterations"] for e in it["evaluations"]]
@@ -153,7 +158,7 @@ def summarise(states: list[dict], objective: Objective) -> dict:
     return {
         "objective": objective.name, "higher_is_better": objective.higher_is_better,
         "fraction_valid": {"mean": float(np.mean(per_seed_valid)), "std": float(np.std(per_seed_valid))},
-        "average_score": {"mean": float(np.nanmean(per_seed_avg)), "std": float(np.nanstd(per_seed_avg))},
+        "average_score": _mean_std(per_seed_avg),  # over valid evaluations; NaN when a run found none
         "top3": [{"string": s, "score": sc} for s, sc in top],
         "best_per_iteration": best_per_iteration,
         "gp_test": [st["gp_test"] for st in states],
