@@ -13,17 +13,19 @@ def pct(x):
 
 
 def models(dirs):
-    print("| run | model | decoder | epochs | best val. rec. (nats) | recon. argmax | recon. GVAE 10×100 | "
+    print("| run | model | epochs | best val. rec. (nats) | recon. argmax test / val | recon. GVAE 10×100 test / val | "
           "valid prior | valid N | valid GMM | unique GMM | novel GMM | s/epoch |")
-    print("|---" * 13 + "|")
+    print("|---" * 12 + "|")
     for d in map(Path, dirs):
         m = json.loads((d / "eval" / "metrics.json").read_text())
         last = json.loads((d / "checkpoints" / "last.json").read_text())
         hist = last.get("history", [])
         sec = sum(h["seconds"] for h in hist) / max(len(hist), 1)
         s = m["samples"]
-        print(f"| {d.name} | {m['model']} | {m['decoder']} | {m['epochs']} | {last['best_val']:.3f} | "
-              f"{pct(m['reconstruction'].get('argmax'))} | {pct(m['reconstruction'].get('gvae_10x100'))} | "
+        r = m["reconstruction"]
+        print(f"| {d.name} | {m['model']} | {m['epochs']} | {last['best_val']:.3f} | "
+              f"{pct(r.get('argmax'))} / {pct(r.get('val_argmax'))} | "
+              f"{pct(r.get('gvae_10x100'))} / {pct(r.get('val_gvae_10x100'))} | "
               f"{pct(s['prior']['validity'])} | {pct(s['gaussian']['validity'])} | {pct(s['gmm']['validity'])} | "
               f"{pct(s['gmm']['uniqueness'])} | {pct(s['gmm'].get('novelty'))} | {sec:.0f} |")
 

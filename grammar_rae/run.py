@@ -23,13 +23,22 @@ from .train import Trainer, TrainConfig, distributed, resolve_device
 MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
 
 
-def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None):
-    """Test = the first ``test_rows`` rows (ZINC: 5,000, as the GrammarVAE; default min(5000, n/10));
-    the rest split at random (seeded) into train and validation."""
+def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None, test: str = "first"):
+    """Test rows (default min(5000, n/10)): ``first`` -- the first rows (ZINC: 5,000, the GrammarVAE
+    protocol; ZINC250k's file is in random order) -- or ``random``, a seeded sample (for files in a
+    systematic order, such as the enumerated expression set, whose first rows are one corner of the
+    language). The rest is split at random (seeded) into train and validation."""
     test_rows = min(5000, n // 10) if test_rows is None else test_rows
-    rest = np.random.default_rng(seed).permutation(np.arange(test_rows, n))
+    rng = np.random.default_rng(seed)
+    if test == "first":
+        test_idx = np.arange(test_rows)
+    elif test == "random":
+        test_idx = np.sort(np.random.default_rng(seed + 1).choice(n, size=test_rows, replace=False))
+    else:
+        raise ValueError(f"test split must be 'first' or 'random', not {test!r}")
+    rest = rng.permutation(np.setdiff1d(np.arange(n), test_idx))
     n_val = max(1, int(round(len(rest) * val_fraction)))
-    return np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.arange(test_rows)
+    return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test_idx
 
 
 def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_dir=None, progress=True,
@@ -57,8 +66,11 @@ def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_
 
 def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
               train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
-              cache_dir=None, **model_overrides) -> Path:
-    """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities."""
+              cache_dir=None, test_split: str | None = None, **model_overrides) -> Path:
+    """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities.
+
+    ``test_split``: ``first`` (default for SMILES: the GrammarVAE's first 5,000 rows) or ``random``
+    (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory."""
     out = Path(out)
     train = train or TrainConfig()
     existing = (out / "run.json").is_file()
@@ -77,7 +89,13 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     g, family = (base.character_grammar, "vae") if model == "cvae" else (base, model)
     ds = default_dataset(g, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
     n = len(ds) if limit is None else min(limit, len(ds))
-    tr, va, te = split_rows(n, train.seed)
+    if continuing and (out / "split.npz").is_file():
+        with np.load(out / "split.npz", allow_pickle=False) as f:
+            tr, va, te = f["train"], f["val"], f["test"]
+        test_split = meta["data"].get("test_split", "first")
+    else:
+        test_split = test_split or ("first" if base.name == "smiles" else "random")
+        tr, va, te = split_rows(n, train.seed, test=test_split)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
     train_rules, val_rules = padded_rules(ds, max_length, tr), padded_rules(ds, max_length, va)
     if continuing:
@@ -91,7 +109,7 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
             "format": RUN_FORMAT, "label": model, "grammar": g.name, "grammar_sha256": g.sha256,
             "base_grammar": base.name, "model": config.to_dict(), "train": asdict(train),
             "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
-                     "train": len(tr), "val": len(va), "test": len(te)},
+                     "train": len(tr), "val": len(va), "test": len(te), "test_split": test_split},
         })
     torch.manual_seed(train.seed)
     net = GrammarAE(config, g)

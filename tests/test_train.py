@@ -156,7 +156,9 @@ def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_pat
     net, _ = load_run(run)
     assert net.grammar.n_rules == 2 * 11 + 1  # S -> t S | t for 11 terminals, and padding
     report = evaluate_run(run, n_samples=50, n_recon=20, cache_dir=tmp_path / "cache", log=lambda m: None)
-    assert report["model"] == "cvae"
+    assert report["model"] == "cvae" and report["test_split"] == "random"
+    assert {"argmax", "val_argmax"} <= set(report["reconstruction"])
+    assert all(0 <= v <= 1 for v in report["reconstruction"].values())
     from grammar_rae import load_grammar
 
     expr = load_grammar("expr")
@@ -240,3 +242,35 @@ def test_training_state_round_trips_without_pickle(tmp_path):
     assert back["optimizer"]["state"][0]["step"].item() == 3.0 and 0 in back["optimizer"]["state"]
     assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
     assert back["scheduler"]["best"] == float("inf") and torch.equal(back["rng"], state["rng"])
+
+
+def test_split_rows_first_and_random_are_disjoint_and_seeded():
+    import numpy as np
+
+    from grammar_rae.run import split_rows
+
+    tr, va, te = split_rows(1000, 0, test="first")
+    assert np.array_equal(te, np.arange(100))
+    # the published behaviour is kept for "first": train/val drawn from rows 100.. exactly as before
+    rest = np.random.default_rng(0).permutation(np.arange(100, 1000))
+    assert np.array_equal(va, np.sort(rest[:90])) and np.array_equal(tr, np.sort(rest[90:]))
+    tr2, va2, te2 = split_rows(1000, 0, test="random")
+    assert len(te2) == 100 and te2.max() > 500 and not np.array_equal(te2, np.arange(100))
+    for a, b in ((tr2, va2), (tr2, te2), (va2, te2)):
+        assert not set(a.tolist()) & set(b.tolist())
+    assert len(tr2) + len(va2) + len(te2) == 1000
+    assert np.array_equal(split_rows(1000, 0, test="random")[2], te2)
+    with pytest.raises(ValueError):
+        split_rows(10, 0, test="last")
+
+
+def test_expression_runs_hold_out_a_random_test_sample_and_resume_keeps_the_split(tmp_path, expr_file):
+    import numpy as np
+
+    run = small_run(tmp_path / "s", expr_file, 1)
+    meta = json.loads((run / "run.json").read_text())
+    split = dict(np.load(run / "split.npz"))
+    assert meta["data"]["test_split"] == "random" and split["test"].max() >= len(split["test"])
+    small_run(tmp_path / "s", expr_file, 2, resume=True)
+    again = dict(np.load(run / "split.npz"))
+    assert all(np.array_equal(split[k], again[k]) for k in ("train", "val", "test"))
