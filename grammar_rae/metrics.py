@@ -52,22 +52,42 @@ def generation_metrics(strings: Sequence[str | None], molecules: bool, training:
 def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], molecules: bool,
                             n_encode: int = 1, n_decode: int = 1, sample: bool = False, batch: int = 500,
                             seed: int = 0) -> float:
-    """Fraction of decodes equal to their input (see the module docstring for the two protocols)."""
+    """Fraction of decodes equal to their input (see the module docstring for the two protocols).
+
+    The decoder's logits depend only on z, so for the GrammarVAE decoder they are computed once per
+    encode and only the masked sampling is repeated ``n_decode`` times (a deterministic encoder is run
+    once); canonical SMILES are memoised, since sampled decodes repeat."""
+    from .models.decoding import decode as masked_decode
+
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     target = canonical(strings, molecules)
+    stochastic_encoder = model.config.model in ("vae", "cv-vae")
+    autoregressive = model.decoder.autoregressive
+    memo: dict = {}
+
+    def canon(got):
+        if not molecules:
+            return [s or None for s in got]
+        for s in got:
+            if s not in memo:
+                memo[s] = canonical_smiles(s)
+        return [memo[s] for s in got]
+
     hits = total = 0
     for i in range(0, len(rules), batch):
         x = rules[i:i + batch].to(device)
         want = target[i:i + batch]
+        z = logits = None
         for _ in range(n_encode):
-            if n_encode > 1 and model.config.model in ("vae", "cv-vae"):
-                z = model.latent(x)[0]  # a posterior sample
-            else:
-                z = model.encode(x)
+            if z is None or (n_encode > 1 and stochastic_encoder):
+                z = model.latent(x)[0] if n_encode > 1 and stochastic_encoder else model.encode(x)
+                logits = None if autoregressive else model.logits(z)
             for _ in range(n_decode):
-                got = canonical(model.decode(z, sample=sample, generator=gen).strings, molecules)
+                out = model.decode(z, sample=sample, generator=gen) if autoregressive else \
+                    masked_decode(model.grammar, logits, sample, 1.0, gen)
+                got = canon(out.strings)
                 hits += sum(g is not None and g == w for g, w in zip(got, want))
                 total += len(want)
     return hits / total if total else 0.0

@@ -24,3 +24,38 @@ def test_expression_curves():
     assert np.allclose(ys[0], x * x) and np.allclose(ys[1], np.sin(x))
     assert ys[2] is None and ys[3] is None      # overflow, division by zero: not finite
     assert ys[4] is None and ys[5] is None      # not an expression of the grammar: never evaluated
+
+
+def test_reconstruction_accuracy_reuses_logits_but_counts_like_the_naive_loop():
+    import torch
+
+    from grammar_rae import load_grammar
+    from grammar_rae.data.expressions import generate_expressions
+    from grammar_rae.metrics import canonical, reconstruction_accuracy
+    from grammar_rae.models.grammar_ae import GrammarAE, GrammarAEConfig
+
+    g = load_grammar("expr")
+    strings = generate_expressions(40, seed=3)
+    rules = torch.full((40, 15), g.padding_index, dtype=torch.uint8)
+    for i, s in enumerate(strings):
+        r = g.parse(s)
+        rules[i, :len(r)] = torch.tensor(r)
+    for model in ("rae-l2", "vae"):
+        torch.manual_seed(0)
+        net = GrammarAE(GrammarAEConfig.for_grammar("expr", 15, model, decoder_hidden=16), g).eval()
+        # targets the untrained model does hit now and then: its own sampled decodes of these codes
+        with torch.no_grad():
+            targets = net.decode(net.encode(rules), sample=True, generator=torch.Generator().manual_seed(9)).strings
+        targets = [t or "" for t in targets]
+        torch.manual_seed(1)
+        fast = reconstruction_accuracy(net, rules, targets, False, n_encode=3, n_decode=4, sample=True, batch=16)
+        torch.manual_seed(1)  # the naive loop: encode, then a full decode (GRU included) per sample
+        gen, hits, want = torch.Generator().manual_seed(0), 0, canonical(targets, False)
+        for i in range(0, 40, 16):
+            x = rules[i:i + 16]
+            for _ in range(3):
+                z = net.latent(x)[0] if model == "vae" else net.encode(x)
+                for _ in range(4):
+                    got = net.decode(z, sample=True, generator=gen).strings
+                    hits += sum(a is not None and a == b for a, b in zip(got, want[i:i + 16]))
+        assert fast == hits / (40 * 12) and hits > 0
