@@ -45,6 +45,19 @@ def _gauss_logpdf(z: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarr
     return -0.5 * (y * y).sum(0) - np.log(np.diag(chol)).sum() - 0.5 * d * np.log(2 * np.pi)
 
 
+def _save_files(path: str | Path, arrays: dict, meta: dict) -> None:
+    """``path.safetensors`` (numpy arrays) and ``path.json`` (settings), each written atomically."""
+    from safetensors.numpy import save_file
+
+    from .io import atomic_target, atomic_write_bytes
+
+    path = Path(path)
+    with atomic_target(path.with_suffix(".safetensors")) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
+    meta = {"format": "grammar-rae-density/1", **meta}
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+
+
 class ExPostDensity:
     """A density over latent codes; build one with :func:`make_density` or :meth:`load`."""
 
@@ -131,18 +144,10 @@ class ExPostDensity:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """``path.safetensors`` holds the arrays, ``path.json`` the settings; written atomically."""
-        from safetensors.numpy import save_file
-
-        from .io import atomic_target, atomic_write_bytes
-
         self._need_fit()
-        path = Path(path)
-        arrays = {"weights": self.weights, "means": self.means, "chols": self.chols}
-        with atomic_target(path.with_suffix(".safetensors")) as tmp:
-            save_file(arrays, tmp)
-        meta = {"format": "grammar-rae-density/1", "kind": self.kind, "k": self.k, "seed": self.seed,
-                "reg_covar": self.reg_covar, "selection": self.selection}
-        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        _save_files(path, {"weights": self.weights, "means": self.means, "chols": self.chols},
+                    {"kind": self.kind, "k": self.k, "seed": self.seed, "reg_covar": self.reg_covar,
+                     "selection": self.selection})
 
     @classmethod
     def load(cls, path: str | Path) -> "ExPostDensity":
@@ -272,35 +277,26 @@ class SecondStageVAE:
         return elbo - np.log(self.scale).sum()  # change of variables from the standardised codes
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        from .io import atomic_target, atomic_write_bytes
-
         self._need_fit()
-        path = Path(path)
-        import torch
-
-        tensors = {k: v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
-        tensors["shift"], tensors["scale"] = torch.as_tensor(self.shift), torch.as_tensor(self.scale)
-        with atomic_target(path.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, tmp)
-        meta = {"format": "grammar-rae-density/1", "kind": self.kind, "hidden": self.hidden, "epochs": self.epochs,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
-        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        arrays = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        arrays["shift"], arrays["scale"] = self.shift, self.scale
+        _save_files(path, arrays, {"kind": self.kind, "hidden": self.hidden, "epochs": self.epochs,
+                                   "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed})
 
     @classmethod
     def load(cls, path: str | Path) -> "SecondStageVAE":
+        import torch
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
 
         path = Path(path)
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
-            tensors = load_file(str(path.with_suffix(".safetensors")))
+            arrays = load_file(str(path.with_suffix(".safetensors")))
             d = cls(meta["hidden"], meta["epochs"], meta["batch_size"], meta["lr"], meta["seed"])
-            d.shift, d.scale = tensors.pop("shift").numpy(), tensors.pop("scale").numpy()
+            d.shift, d.scale = arrays.pop("shift"), arrays.pop("scale")
             d._build(len(d.shift))
-            d.net.load_state_dict(tensors)
+            d.net.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
         except (OSError, json.JSONDecodeError, SafetensorError, KeyError, RuntimeError) as e:
             raise DensityError(f"cannot read density {path}: {e}") from e
         d.net.eval()
