@@ -35,14 +35,14 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6)
     if not resume and (out / "run.json").is_file():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    meta = read_json(out / "run.json") if resume and (out / "run.json").is_file() else None
     splits = load_images(dataset, path=data, seed=train.seed, cache_dir=cache_dir)
-    if resume and (out / "run.json").is_file():
-        limit = read_json(out / "run.json").get("limit")
+    if meta is not None:
+        limit = meta.get("limit")
     if limit:
         splits.train, splits.rows["train"] = splits.train[:limit], splits.rows["train"][:limit]
     c, h, _ = splits.shape
-    if resume and (out / "run.json").is_file():
-        meta = read_json(out / "run.json")
+    if meta is not None:
         config = ImageAEConfig(**meta["model"])
     else:
         config = ImageAEConfig(dataset=dataset, model=model, channels=c, image_size=padded_size(h),

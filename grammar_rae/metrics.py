@@ -54,17 +54,14 @@ def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], 
                             seed: int = 0) -> float:
     """Fraction of decodes equal to their input (see the module docstring for the two protocols).
 
-    The decoder's logits depend only on z, so for the GrammarVAE decoder they are computed once per
-    encode and only the masked sampling is repeated ``n_decode`` times (a deterministic encoder is run
-    once); canonical SMILES are memoised, since sampled decodes repeat."""
-    from .models.decoding import decode as masked_decode
-
+    A deterministic encoder is run once per batch; the decoder's logits are reused across the
+    ``n_decode`` samples (:meth:`GrammarAE.decode_repeated`); canonical SMILES are memoised, since
+    sampled decodes repeat."""
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     target = canonical(strings, molecules)
-    stochastic_encoder = model.config.model in ("vae", "cv-vae")
-    autoregressive = model.decoder.autoregressive
+    stochastic_encoder = n_encode > 1 and model.config.model in ("vae", "cv-vae")
     memo: dict = {}
 
     def canon(got):
@@ -79,14 +76,11 @@ def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], 
     for i in range(0, len(rules), batch):
         x = rules[i:i + batch].to(device)
         want = target[i:i + batch]
-        z = logits = None
+        z = model.encode(x)
         for _ in range(n_encode):
-            if z is None or (n_encode > 1 and stochastic_encoder):
-                z = model.latent(x)[0] if n_encode > 1 and stochastic_encoder else model.encode(x)
-                logits = None if autoregressive else model.logits(z)
-            for _ in range(n_decode):
-                out = model.decode(z, sample=sample, generator=gen) if autoregressive else \
-                    masked_decode(model.grammar, logits, sample, 1.0, gen)
+            if stochastic_encoder:
+                z = model.latent(x)[0]  # a posterior sample
+            for out in model.decode_repeated(z, n_decode, sample=sample, generator=gen):
                 got = canon(out.strings)
                 hits += sum(g is not None and g == w for g, w in zip(got, want))
                 total += len(want)

@@ -176,6 +176,24 @@ class GrammarAE(nn.Module):
         return R.masked_nll(self.logits(self.encode(rules), rules), rules, self.rule_competitors)
 
     @torch.no_grad()
+    def decode_repeated(self, z: torch.Tensor, n: int, sample: bool = True, temperature: float = 1.0,
+                        generator: torch.Generator | None = None):
+        """``n`` decodes of the same codes (the GVAE protocol's many decodes per point). The GrammarVAE
+        decoder's logits depend only on z, so they are computed once and only the masked choice repeats."""
+        if self.decoder.autoregressive:
+            for _ in range(n):
+                yield self.decode(z, sample, temperature, generator)
+            return
+        from .decoding import decode as masked_decode
+
+        was = self.training
+        self.eval()
+        logits = self.logits(z)
+        self.train(was)
+        for _ in range(n):
+            yield masked_decode(self.grammar, logits, sample, temperature, generator)
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, sample: bool = False, temperature: float = 1.0,
                generator: torch.Generator | None = None):
         """Rule sequences and strings from codes, under the grammar's masks (batched)."""

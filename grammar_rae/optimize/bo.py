@@ -112,8 +112,8 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + it)
         zt = torch.as_tensor(points, dtype=torch.float32, device=device)
         decodes = [[] for _ in range(len(points))]
-        for _ in range(n_decode):
-            for i, s in enumerate(net.decode(zt, sample=True, generator=gen).strings):
+        for out in net.decode_repeated(zt, n_decode, sample=True, generator=gen):
+            for i, s in enumerate(out.strings):
                 decodes[i].append(s)
         chosen = most_frequent_valid(decodes, _validity_check(objective))
         scores = objective(chosen)
