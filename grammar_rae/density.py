@@ -63,7 +63,9 @@ class ExPostDensity:
 
     def __init__(self, kind: str = "gmm", k: int | str = 10, seed: int = 0, reg_covar: float = 1e-6,
                  max_iter: int = 2000, tol: float = 1e-3, k_candidates=(1, 2, 5, 10, 20)):
-        if kind not in KINDS[:3]:
+        if kind == "two-stage":
+            raise DensityError("the two-stage density is a SecondStageVAE: use make_density('two-stage')")
+        if kind not in KINDS:
             raise DensityError(f"unknown density {kind!r}; choose from {KINDS}")
         self.kind, self.k, self.seed, self.reg_covar = kind, k, seed, reg_covar
         self.max_iter, self.tol, self.k_candidates = max_iter, tol, tuple(k_candidates)

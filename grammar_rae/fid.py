@@ -92,10 +92,6 @@ def feature_net(splits, cache_dir: Path, epochs: int = 5, seed: int = 0, log=pri
     return net.eval()
 
 
-def classifier_fd(net: FeatureNet, generated: torch.Tensor, reference: torch.Tensor) -> float:
-    return frechet_distance(net.features(to_unit(generated)), net.features(to_unit(reference)))
-
-
 CLASSIFIER_METRIC = "classifier Fréchet distance (offline feature space; not Inception FID)"
 INCEPTION_METRIC = "Inception FID (pool3, user-supplied TorchScript weights)"
 

@@ -79,6 +79,7 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     gp_kw = dict(gp_kw)
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
+    lower, upper = z[tr].min(0), z[tr].max(0)  # the acquisition box: the training codes' bounding box
     gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
@@ -90,7 +91,7 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
 
             need_test = state["gp_test"] is None
             points, metrics = fit_and_propose(
-                x_fit, y_fit, z[tr].min(0), z[tr].max(0), batch, sign > 0, n_inducing=gp_kw["n_inducing"],
+                x_fit, y_fit, lower, upper, batch, sign > 0, n_inducing=gp_kw["n_inducing"],
                 epochs=gp_kw["epochs"], lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed * 1000 + it,
                 x_test=z[te] if need_test else None, y_test=y[te] if need_test else None)
             if need_test:
@@ -104,7 +105,7 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
             if state["gp_test"] is None:
                 state["gp_test"] = gp.test_metrics(z[te], y[te])
             best = float(y_fit.max() if sign > 0 else y_fit.min())
-            points = batched_greedy_ei(gp, best, z[tr].min(0), z[tr].max(0), batch=batch, seed=seed * 1000 + it,
+            points = batched_greedy_ei(gp, best, lower, upper, batch=batch, seed=seed * 1000 + it,
                                        maximise=sign > 0)
         if it == 1:
             log(f"seed {seed}: sparse GP on the test split: RMSE {state['gp_test']['rmse']:.3f}, "
