@@ -208,8 +208,8 @@ MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cv
               help="gvae: z repeated into a 3-layer GRU; autoregressive: the GRU also sees the previous rule.")
 @click.option("--latent-dim", type=int, default=None, help="Default: 25 (expr), 56 (smiles).")
 @click.option("--decoder-hidden", type=int, default=None,
-              help="GRU width. Default: the GrammarVAE's, 100 (expr) and 501 (smiles); a CPU molecule run "
-                   "trains ~10x faster at 128.")
+              help="GRU width. Default: the GrammarVAE's, 100 (expr) and 501 (smiles); smaller is cheaper "
+                   "on a CPU (see BENCHMARKS.md for measured costs).")
 @click.option("--encoder-hidden", type=int, default=None, help="Encoder dense width. Default: 100 (expr), 435 (smiles).")
 @click.option("--beta", type=float, default=None, help="Weight of the latent term (½‖z‖², or KL for VAE).")
 @click.option("--lam", type=float, default=None, help="Weight of the decoder regulariser (L2 / GP).")
@@ -410,7 +410,8 @@ def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir
 @click.option("--n-decode", type=int, default=None, help="Decodes per point (default 500 molecules / 25 expressions).")
 @click.option("--inducing", default=500, show_default=True, help="Sparse-GP inducing points.")
 @click.option("--gp-epochs", default=50, show_default=True,
-              help="Sparse-GP epochs per fit (protocol: 50 at lr 5e-4; 10 at lr 5e-3 fits as well, 5× faster).")
+              help="Sparse-GP epochs per fit (protocol: 50 at lr 5e-4; 10 at lr 5e-3 fitted as well and ran "
+                   "≈ 4× faster here, see BENCHMARKS.md).")
 @click.option("--gp-refit-epochs", type=int, default=None,
               help="After the first iteration, warm-start the GP from the previous one and train this many "
                    "epochs (default: refit from scratch every iteration, as the protocol does).")
