@@ -220,10 +220,18 @@ MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cv
               help="Held-out test rows (min(5000, n/10)): the first rows (default for smiles: the GrammarVAE "
                    "protocol) or a seeded random sample (default otherwise: safe for files in a systematic order).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--grad-clip", type=float, default=0.0, show_default=True,
+              help="Clip the gradient's global norm to this (0: off); guards large-batch, high-lr runs against spikes.")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="bf16 autocast on CUDA (ignored on CPU); --no-amp trains in fp32.")
+@click.option("--max-minutes", type=float, default=0.0,
+              help="Stop cleanly before an epoch that would not finish within this many minutes of this command "
+                   "(e.g. a lent GPU's command limit); the same command with --resume goes on. 0: no limit.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
 def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr, decoder, latent_dim, decoder_hidden,
-          encoder_hidden, beta, lam, vae_epsilon_std, test_split, device, seed, cache_dir):
+          encoder_hidden, beta, lam, vae_epsilon_std, test_split, device, grad_clip, amp, max_minutes, seed,
+          cache_dir):
     """Train a grammar autoencoder into a run directory, then fit its ex-post densities.
 
     A checkpoint is written atomically after every epoch; after a kill, the same command with
@@ -237,7 +245,8 @@ def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr,
                                        decoder_hidden=decoder_hidden, encoder_hidden=encoder_hidden,
                                        vae_epsilon_std=vae_epsilon_std).items()
                  if v is not None}
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
+                      grad_clip=grad_clip, max_minutes=max_minutes)
     try:
         run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume,
                         cache_dir=cache_dir, log=click.echo, test_split=test_split, **overrides)

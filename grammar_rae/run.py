@@ -83,7 +83,9 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
             raise RunError(f"{out}/run.json is not a grammar-rae run")
         grammar, model = meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"])
         limit, data = meta["data"]["limit"], meta["data"]["source"]
-        train = TrainConfig(**{**meta["train"], "epochs": train.epochs})
+        # the model and optimiser settings are the run's; how and how long to run this time are the caller's
+        train = TrainConfig(**{**meta["train"], "epochs": train.epochs, "device": train.device, "amp": train.amp,
+                               "max_minutes": train.max_minutes})
     base = load_grammar(grammar)
     # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
     g, family = (base.character_grammar, "vae") if model == "cvae" else (base, model)

@@ -33,6 +33,7 @@ class TrainConfig:
     device: str = "auto"            # "auto": CUDA when present, else CPU
     amp: bool = True                # bf16 autocast on CUDA
     grad_clip: float = 0.0          # 0: off
+    max_minutes: float = 0.0        # wall-clock budget of one invocation (0: none); --resume continues
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,9 +83,15 @@ class Trainer:
         self.val_data = val_data.to(self.device)
         self.progress = progress and self.rank == 0
         self.log = log if self.rank == 0 else (lambda message: None)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # fused Adam on CUDA: one kernel for all parameters, and it takes the loss scaler's inf check
+        # on the device (no host sync per step)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr)
+        # Loss scaling under autocast: PyTorch's autocast runs cuDNN's GRU in fp16 even when asked for
+        # bf16 (seen with torch 2.11 + cuDNN 9.19 on an H100), and fp16 gradients underflow without it.
+        # A no-op on CPU and with --no-amp.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp_on())
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch, self.best_val, self.bad_epochs, self.history = 0, math.inf, 0, []
         self.early_stopped = False
@@ -98,7 +105,8 @@ class Trainer:
         save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
         save_state(self.ckpt / "last.state", {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()})
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict()})
         write_json(self.ckpt / "last.json", {"epoch": self.epoch, "best_val": self.best_val,
                                              "bad_epochs": self.bad_epochs, "history": self.history,
                                              "early_stopped": self.early_stopped,
@@ -118,6 +126,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.best_val = int(meta["epoch"]), float(meta["best_val"])
             self.bad_epochs, self.history = int(meta["bad_epochs"]), list(meta["history"])
             self.early_stopped = bool(meta.get("early_stopped", False))
@@ -127,9 +137,11 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ loops
+    def _amp_on(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
     def _autocast(self):
-        on = self.config.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp_on())
 
     def train_epoch(self) -> dict:
         from tqdm.auto import tqdm
@@ -149,10 +161,12 @@ class Trainer:
             with self._autocast():
                 total, terms = self.step_model(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            self.scaler.scale(total).backward()
             if self.config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # skips a step whose fp16 gradients overflowed
+            self.scaler.update()
             for k, v in {"loss": total, **terms}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             if i % 20 == 19 or i == steps - 1:  # one host sync every 20 steps
@@ -191,7 +205,10 @@ class Trainer:
                            "or choose another --out")
         if self.epoch == 0:  # a resumed run continues the RNG stream restored from its checkpoint
             torch.manual_seed(self.config.seed)
+        self.out_of_time, started, longest = False, time.time(), 0.0
         while self.epoch < self.config.epochs and not self.early_stopped:
+            if self._no_time_for_epoch(started, longest):
+                break
             t0 = time.time()
             train = self.train_epoch()
             val = self.validate()
@@ -209,6 +226,7 @@ class Trainer:
             row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}, "val_rec": val,
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
             self.history.append(row)
+            longest = max(longest, time.time() - t0)
             if improved and self.rank == 0:
                 save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
                 write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val})
@@ -218,6 +236,21 @@ class Trainer:
             if self.early_stopped:
                 self.log(f"early stop: no better validation loss in {self.bad_epochs} epochs")
         return self.history
+
+    def _no_time_for_epoch(self, started: float, longest: float) -> bool:
+        """True when --max-minutes leaves no room for another epoch as long as the longest so far
+        (a lent GPU's command limit, a laptop's evening): stop cleanly, with the checkpoint of the
+        last epoch written, so that `--resume` goes on from there."""
+        budget = self.config.max_minutes * 60
+        if not budget or not longest:
+            return False
+        left = budget - (time.time() - started)
+        if left >= longest:
+            return False
+        self.out_of_time = True
+        self.log(f"time budget of {self.config.max_minutes:g} min reached after epoch {self.epoch} "
+                 f"({left:.0f} s left, an epoch takes {longest:.0f} s); continue with --resume")
+        return True
 
 
 def load_history(run_dir: str | Path) -> list[dict]:

@@ -213,3 +213,15 @@ def check_against_nltk(g, s):
                 parse(s)
         else:
             assert parse(s) == ref
+
+
+def test_shipped_grammars_are_found_in_a_source_checkout_that_is_not_installed(monkeypatch):
+    """On a bare machine (PYTHONPATH=., no pip install) the package-data mapping is absent."""
+    import grammar_rae.grammar.cfg as cfg
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(cfg.resources, "files", not_installed)
+    assert cfg.builtin_grammars() == ["expr", "smiles"]
+    assert cfg.load_grammar("expr").name == "expr"

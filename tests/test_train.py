@@ -1,5 +1,6 @@
 """The trainer and run directories: resume after a kill, NaN stops, refusing unsafe files."""
 import json
+import math
 import pickle
 
 import pytest
@@ -74,6 +75,55 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, expr_file, 
     assert json.loads((run / "checkpoints" / "last.json").read_text())["epoch"] == 1
     after = weights(run)
     assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_max_minutes_stops_before_an_epoch_that_would_not_fit_and_resume_goes_on(tmp_path, expr_file, monkeypatch):
+    """Each epoch takes 10 s of a fake clock; a 0.5-minute budget fits three, then a clean stop with the
+    checkpoint of epoch 3 written; --resume with a new budget continues at epoch 4."""
+    import types
+
+    import grammar_rae.train as train_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    real_epoch = Trainer.train_epoch
+
+    def ten_seconds(self):
+        clock[0] += 10.0
+        return real_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", ten_seconds)
+    messages = []
+    run = train_run(tmp_path / "t", "expr", "rae-l2", data=expr_file, train=cfg(8, max_minutes=0.5), progress=False,
+                    log=messages.append, cache_dir=tmp_path / "cache", decoder_hidden=32, encoder_hidden=32)
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert meta["epoch"] == 3 and not meta["early_stopped"]
+    assert any("time budget" in m and "--resume" in m for m in messages)
+    assert (run / "density" / "gmm.json").is_file(), "a run stopped for time is still usable"
+    train_run(run, train=cfg(8, max_minutes=0.35), resume=True, progress=False, log=messages.append,
+              cache_dir=tmp_path / "cache")
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_loss_scaling_under_autocast_trains_and_its_state_resumes(tmp_path, expr_file, monkeypatch):
+    """The mixed-precision path (autocast + GradScaler, on CUDA) exercised on the CPU: steps are taken,
+    the scale is saved with the training state and restored on --resume."""
+    monkeypatch.setattr(Trainer, "_amp_on", lambda self: True)
+    small_run(tmp_path / "a", expr_file, 2)
+    from grammar_rae.checkpoint import load_state
+
+    state = load_state(tmp_path / "a" / "checkpoints" / "last.state")
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    net, _ = load_run(tmp_path / "a")
+    trainer = Trainer(net, torch.zeros(200, 15, dtype=torch.uint8), torch.zeros(20, 15, dtype=torch.uint8),
+                      cfg(3), tmp_path / "a", progress=False, log=lambda m: None)
+    assert trainer.scaler.is_enabled()
+    trainer.scaler.load_state_dict({**state["scaler"], "scale": 8.0})
+    assert trainer.scaler.get_scale() == 8.0
+    assert trainer.resume() and trainer.scaler.get_scale() == state["scaler"]["scale"]
+    hist = json.loads((tmp_path / "a" / "checkpoints" / "last.json").read_text())["history"]
+    assert all(math.isfinite(h["train_loss"]) for h in hist) and hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
 class Planted:

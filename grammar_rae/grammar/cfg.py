@@ -46,15 +46,23 @@ class ParseError(ValueError):
         return (ParseError, (self.string, self.position, self.reason))
 
 
+def _grammars_root():
+    """The shipped grammars: the installed ``grammar_rae.grammars``, or ``grammars/`` of a source
+    checkout used without installing (``PYTHONPATH=.``, as on a bare GPU machine)."""
+    try:
+        return resources.files("grammar_rae.grammars")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "grammars"
+
+
 def _builtin_path(name: str) -> Path | None:
-    ref = resources.files("grammar_rae.grammars").joinpath(f"{name}.cfg")
+    ref = _grammars_root().joinpath(f"{name}.cfg")
     return Path(str(ref)) if ref.is_file() else None
 
 
 def builtin_grammars() -> list[str]:
     """Names of the grammars shipped in ``grammars/``."""
-    root = resources.files("grammar_rae.grammars")
-    return sorted(p.name[:-4] for p in root.iterdir() if p.name.endswith(".cfg"))
+    return sorted(p.name[:-4] for p in _grammars_root().iterdir() if p.name.endswith(".cfg"))
 
 
 def load_grammar(name_or_path: str | Path) -> "Grammar":
