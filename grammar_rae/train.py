@@ -226,7 +226,6 @@ class Trainer:
             row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}, "val_rec": val,
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
             self.history.append(row)
-            longest = max(longest, time.time() - t0)
             if improved and self.rank == 0:
                 save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
                 write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val})
@@ -235,6 +234,7 @@ class Trainer:
                      f"val rec {val:.4f}{' *' if improved else ''}, lr {row['lr']:.2g}, {row['seconds']:.1f}s")
             if self.early_stopped:
                 self.log(f"early stop: no better validation loss in {self.bad_epochs} epochs")
+            longest = max(longest, time.time() - t0)  # checkpoint writing included
         return self.history
 
     def _no_time_for_epoch(self, started: float, longest: float) -> bool:
@@ -245,7 +245,14 @@ class Trainer:
         if not budget or not longest:
             return False
         left = budget - (time.time() - started)
-        if left >= longest:
+        stop = left < longest
+        if self.world > 1:  # every rank must make the same call, or the others wait forever
+            import torch.distributed as dist
+
+            flag = torch.tensor(float(stop), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if not stop:
             return False
         self.out_of_time = True
         self.log(f"time budget of {self.config.max_minutes:g} min reached after epoch {self.epoch} "

@@ -3,22 +3,29 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from grammar_rae.data.expressions import generate_expressions
 
 
-def test_torchrun_two_processes_train_one_run(tmp_path):
+@pytest.mark.parametrize("extra, epochs, port", [
+    ([], [1, 2], "29533"),
+    # a time budget that runs out after the first epoch: the ranks agree to stop (or one would hang)
+    (["--max-minutes", "0.0001"], [1], "29534"),
+])
+def test_torchrun_two_processes_train_one_run(tmp_path, extra, epochs, port):
     data = tmp_path / "expr.txt"
     data.write_text("\n".join(generate_expressions(400, seed=2)) + "\n")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "grammar_rae.cli", "train", "--grammar", "expr", "--model", "rae-l2", "--epochs", "2",
            "--data", str(data), "--out", str(out), "--batch-size", "50", "--device", "cpu",
-           "--cache-dir", str(tmp_path / "cache")]
+           "--cache-dir", str(tmp_path / "cache"), *extra]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     last = json.loads((out / "checkpoints" / "last.json").read_text())
-    assert [h["epoch"] for h in last["history"]] == [1, 2]
-    assert r.stdout.count("epoch 2:") == 1  # only rank 0 logs
+    assert [h["epoch"] for h in last["history"]] == epochs
+    assert r.stdout.count(f"epoch {epochs[-1]}:") == 1  # only rank 0 logs
     # each rank took half of the training rows: 324 // 2 = 162 rows, batches of 50 -> 4 steps
     assert (out / "density" / "gmm.json").is_file()
