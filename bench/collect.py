@@ -27,7 +27,7 @@ def models(dirs):
               f"{pct(r.get('argmax'))} / {pct(r.get('val_argmax'))} | "
               f"{pct(r.get('gvae_10x100'))} / {pct(r.get('val_gvae_10x100'))} | "
               f"{pct(s['prior']['validity'])} | {pct(s['gaussian']['validity'])} | {pct(s['gmm']['validity'])} | "
-              f"{pct(s['gmm']['uniqueness'])} | {pct(s['gmm'].get('novelty'))} | {sec:.0f} |")
+              f"{pct(s['gmm']['uniqueness'])} | {pct(s['gmm'].get('novelty'))} | {sec:.{1 if sec < 10 else 0}f} |")
 
 
 def bo(dirs):

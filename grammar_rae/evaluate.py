@@ -9,7 +9,7 @@ import numpy as np
 from .checkpoint import read_json, write_json
 from .data.parsed import prepare_dataset
 from .grammar import ParseError, load_grammar
-from .metrics import expression_curves, generation_metrics, reconstruction_accuracy
+from .metrics import canonical, expression_curves, generation_metrics, reconstruction_accuracy
 from .run import decode_strings, load_density, load_run, padded_rules
 from .train import resolve_device
 
@@ -55,10 +55,11 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
             report["reconstruction"][f"{prefix}gvae_10x100"] = acc
             log(f"reconstruction (GVAE protocol, 10 encodes x 100 sampled decodes) on {name} rows: {acc:.1%}")
     samples = {}
+    train_canonical = set(canonical(train_strings, molecules)) - {None}  # once, for the three densities
     for kind in ("prior", "gaussian", "gmm"):
         q = load_density(run_dir, kind, net.config.latent_dim)
         samples[kind] = strings = in_language(decode_strings(net, q.sample(n_samples, seed=seed)))
-        report["samples"][kind] = generation_metrics(strings, molecules, train_strings)
+        report["samples"][kind] = generation_metrics(strings, molecules, training_canonical=train_canonical)
         if molecules:  # MOSES-style metrics and FCD against the held-out test molecules
             from .chem import molecule_metrics
 

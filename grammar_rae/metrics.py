@@ -33,14 +33,21 @@ def canonical(strings: Iterable[str | None], molecules: bool) -> list[str | None
     return [canonical_smiles(s) for s in strings] if molecules else [s or None for s in strings]
 
 
-def generation_metrics(strings: Sequence[str | None], molecules: bool, training: Iterable[str] = ()) -> dict:
-    """validity, uniqueness and novelty of decoded strings (None = not grammar-complete)."""
+def generation_metrics(strings: Sequence[str | None], molecules: bool, training: Iterable[str] = (),
+                       training_canonical: set[str] | None = None) -> dict:
+    """validity, uniqueness and novelty of decoded strings (None = not grammar-complete).
+
+    ``training_canonical``: ``set(canonical(training, molecules))`` computed once by a caller that
+    scores several sample sets against the same training data (≈ 25 s for ZINC250k's SMILES)."""
     n = len(strings)
     complete = sum(s is not None for s in strings)
     canon = canonical(strings, molecules)
     valid = [c for c in canon if c is not None]
     distinct = set(valid)
-    train = set(canonical(training, molecules)) if training else set()
+    if training_canonical is not None:
+        train = training_canonical
+    else:
+        train = set(canonical(training, molecules)) if training else set()
     out = {"n": n, "grammar_complete": complete / n if n else 0.0, "validity": len(valid) / n if n else 0.0,
            "uniqueness": len(distinct) / len(valid) if valid else 0.0}
     if train:

@@ -12,6 +12,9 @@ def test_molecule_metrics_use_canonical_smiles():
     assert m["uniqueness"] == 3 / 4                  # CCO == OCC
     assert m["novelty"] == 2 / 3                     # ethanol is in the training set
     assert canonical_smiles("C1CC") is None and canonical_smiles("OCC") == canonical_smiles("CCO")
+    # a training set canonicalised once by the caller scores the same
+    pre = generation_metrics(strings, molecules=True, training_canonical={canonical_smiles("CCO")})
+    assert pre == m
 
 
 def test_expression_metrics_compare_strings():

@@ -98,6 +98,9 @@ class Decoder(nn.Module):
             extra = 32
         self.gru = nn.GRU(c.latent_dim + extra, c.decoder_hidden, num_layers=c.decoder_layers, batch_first=True)
         self.out = nn.Linear(c.decoder_hidden, vocab)
+        # RAE-GP differentiates ∇_z D(z) again: cuDNN's RNN has no double backward, PyTorch's native
+        # CUDA GRU has (its fused cell switches to a differentiable backward under create_graph).
+        self.double_backward = c.model == "rae-gp"
 
     def forward(self, z: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab]. The autoregressive decoder needs the target sequence (teacher forcing)."""
@@ -107,7 +110,11 @@ class Decoder(nn.Module):
                 raise ValueError("the autoregressive decoder needs targets in training; use decode() to generate")
             prev = torch.cat([torch.full_like(targets[:, :1], self.vocab), targets[:, :-1]], 1)
             h = torch.cat([h, self.prev_embedding(prev)], -1)
-        out, _ = self.gru(h)
+        if self.double_backward and h.is_cuda and torch.is_grad_enabled():
+            with torch.backends.cudnn.flags(enabled=False):
+                out, _ = self.gru(h)
+        else:
+            out, _ = self.gru(h)
         return self.out(out)
 
     def step(self, z_in: torch.Tensor, prev: torch.Tensor, state):
