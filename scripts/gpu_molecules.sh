@@ -20,17 +20,7 @@ BUDGET=${3:-540}
 RUN=${RUN:-/tmp/zinc-grae}
 BENCH_ARGS=${BENCH_ARGS:---molecules 20000 --steps 20 --batch 500,2000,4000}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra `train` options, e.g. "--limit 2000 --decoder-hidden 32" for a dry run on a CPU
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TQDM_MININTERVAL=30
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/lease.log") 2>&1
-
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-python3 setup.py build_ext --inplace -q > /tmp/build.log 2>&1 && echo "C parser built" \
-  || echo "C parser not built (pure-Python driver); $(tail -1 /tmp/build.log)"
+source "$(dirname "$0")/lease_setup.sh"
 
 echo "== does the GRU run under bf16 autocast? ($(elapsed) s)"
 AMP=--amp

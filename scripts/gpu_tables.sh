@@ -27,18 +27,9 @@ RUNS=${RUNS:-/tmp/runs}
 EXPR_MODELS=${EXPR_MODELS:-rae-l2 rae-gp rae-sn rae vae cvae}
 EXPR_ARGS=${EXPR_ARGS:-}   # extra `train` options for every expression model ("--limit 2000 --epochs 2": a dry run)
 MOL_ARGS=${MOL_ARGS:---model rae-l2 --batch-size 1000 --lr 1e-3 --grad-clip 5 --epochs 100}
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
 gr() { python3 -c 'from grammar_rae.cli import main; main()' "$@"; }
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TQDM_MININTERVAL=30
 mkdir -p "$OUT/logs" "$RUNS/expr" "$RUNS/mol"
-exec > >(tee -a "$OUT/lease.log") 2>&1
-
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-python3 setup.py build_ext --inplace -q > /tmp/build.log 2>&1 && echo "C parser built" \
-  || echo "C parser not built (pure-Python driver); $(tail -1 /tmp/build.log)"
+source "$(dirname "$0")/lease_setup.sh"
 
 echo "== parsing both data sets once, into the cache every job reads ($(elapsed) s)"
 python3 - "$EXPR" "$ZINC" <<'EOF'
