@@ -15,8 +15,9 @@
 # pieces (<= 15 MB each; a lease returns only a few files, so OUT_DIR holds little else): the run
 # directories with their eval/ reports (the molecule run with its best weights only), and logs/:
 #   cat OUT_DIR/run.tar.* | tar -x -C runs/
-# Measured on one H100 (BENCHMARKS.md): the six expression models at 50 epochs fit in ~4 minutes
-# together; the molecule run shares the GPU with them, so it trains far slower than alone.
+# Measured on one H100 (BENCHMARKS.md): five expression models ran 50 epochs and were evaluated in ~4
+# minutes together, RAE-GP (16 s/epoch: no cuDNN under double backward) reached epoch 23 in its budget;
+# the molecule run shares the GPU with them, so it trains far slower than alone.
 set -u
 EXPR=$1
 ZINC=$2
