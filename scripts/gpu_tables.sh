@@ -28,7 +28,6 @@ RUNS=${RUNS:-/tmp/runs}
 EXPR_MODELS=${EXPR_MODELS:-rae-l2 rae-gp rae-sn rae vae cvae}
 EXPR_ARGS=${EXPR_ARGS:-}   # extra `train` options for every expression model ("--limit 2000 --epochs 2": a dry run)
 MOL_ARGS=${MOL_ARGS:---model rae-l2 --batch-size 1000 --lr 1e-3 --grad-clip 5 --epochs 100}
-gr() { python3 -c 'from grammar_rae.cli import main; main()' "$@"; }
 mkdir -p "$OUT/logs" "$RUNS/expr" "$RUNS/mol"
 source "$(dirname "$0")/lease_setup.sh"
 
@@ -49,9 +48,9 @@ for m in $EXPR_MODELS; do
   extra=""
   case $m in vae|cvae) extra="--vae-epsilon-std 0.01" ;; esac
   ( s=$(date +%s)
-    OMP_NUM_THREADS=2 gr train --grammar expr --data "$EXPR" --model "$m" $extra --epochs 50 \
+    OMP_NUM_THREADS=2 python3 -m grammar_rae.cli train --grammar expr --data "$EXPR" --model "$m" $extra --epochs 50 \
       --max-minutes "$EXPR_MIN" --out "$RUNS/expr/$m" $EXPR_ARGS \
-    && OMP_NUM_THREADS=2 gr evaluate --run "$RUNS/expr/$m" --gvae-protocol --n-recon 1000
+    && OMP_NUM_THREADS=2 python3 -m grammar_rae.cli evaluate --run "$RUNS/expr/$m" --gvae-protocol --n-recon 1000
     echo "exit $? after $(( $(date +%s) - s )) s" ) > "$OUT/logs/expr-$m.log" 2>&1 &
   PIDS="$PIDS $!"
 done
@@ -59,13 +58,13 @@ done
 LEFT=$(( BUDGET - $(elapsed) - RESERVE ))
 MINUTES=$(python3 -c "print(round(max($LEFT, 60) / 60, 2))")
 echo "== molecules: training, --max-minutes $MINUTES ($(elapsed) s)"
-OMP_NUM_THREADS=4 gr train --grammar smiles --data "$ZINC" --out "$RUNS/mol/zinc" $MOL_ARGS \
+OMP_NUM_THREADS=4 python3 -m grammar_rae.cli train --grammar smiles --data "$ZINC" --out "$RUNS/mol/zinc" $MOL_ARGS \
   --max-minutes "$MINUTES" > "$OUT/logs/mol-train.log" 2>&1
 echo "train exit $? ($(elapsed) s)"; tail -4 "$OUT/logs/mol-train.log"
 echo "== molecules: evaluate ($(elapsed) s)"
 EVAL_S=$(( BUDGET - $(elapsed) - 40 )); [ $EVAL_S -lt 30 ] && EVAL_S=30
-timeout $EVAL_S env OMP_NUM_THREADS=4 python3 -c 'from grammar_rae.cli import main; main()' \
-  evaluate --run "$RUNS/mol/zinc" --n-recon 1000 > "$OUT/logs/mol-eval.log" 2>&1
+OMP_NUM_THREADS=4 timeout $EVAL_S python3 -m grammar_rae.cli evaluate --run "$RUNS/mol/zinc" --n-recon 1000 \
+  > "$OUT/logs/mol-eval.log" 2>&1
 echo "evaluate exit $? ($(elapsed) s)"; cat "$OUT/logs/mol-eval.log" | grep -v "it/s\]" | tail -12
 
 echo "== waiting for the expression models ($(elapsed) s)"
