@@ -7,6 +7,11 @@ structure around them as JSON). Every file is written atomically (temp file + re
 at any moment leaves the previous checkpoint intact. Nothing is ever unpickled: a file that is not
 ours, or was tampered with, fails with :class:`RunError`.
 
+Every tensor file's sha256 is recorded in the JSON written after it (``best.json`` for
+``best.safetensors``, ``last.json`` for the last weights and state, ``density/KIND.json`` for a
+density): the checksum is part of the atomic commit, and loading refuses a file whose bytes changed
+since (:func:`verify_files`). Runs written before checksums existed load without the check.
+
 Files stay practical to move: a tensor file larger than ``MAX_FILE_BYTES`` (15 MiB) is written as
 shards ``NAME.<tag>-00001-of-0000N.safetensors`` first, then ``NAME.safetensors`` as a small index
 naming them (the commit); the old shards are removed afterwards, so a kill never leaves an index
@@ -47,8 +52,39 @@ def read_json(path: Path) -> dict:
     return obj
 
 
-def save_weights(path: Path, state_dict: dict, half: bool = False, max_bytes: int | None = None) -> None:
-    """Tensors to ``path`` (safetensors), sharded when larger than ``max_bytes`` (see module doc)."""
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digests(path: Path) -> dict:
+    """{file name: sha256} of a tensor file and the shards its index names (names relative to its folder)."""
+    path = Path(path)
+    return {name: file_sha256(path.parent / name) for name in [path.name, *_shard_names(path)]}
+
+
+def verify_files(folder: Path, expected: dict | None, what: str = "") -> None:
+    """Refuse files whose sha256 differs from the one recorded when they were written."""
+    for name, sha in (expected or {}).items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise RunError(f"{folder}: a checksum names {name!r}, which is not a file of this folder")
+        f = Path(folder) / name
+        if not f.is_file():
+            raise RunError(f"{f} is missing{what}")
+        got = file_sha256(f)
+        if got != sha:
+            raise RunError(f"{f} has changed since it was written (sha256 {got[:12]}…, recorded {sha[:12]}…): "
+                           f"the file is damaged or was replaced{what}; refusing to load it")
+
+
+def save_weights(path: Path, state_dict: dict, half: bool = False, max_bytes: int | None = None) -> dict:
+    """Tensors to ``path`` (safetensors), sharded when larger than ``max_bytes`` (see module doc).
+    Returns the sha256 of each file written (for the JSON that commits them)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -83,6 +119,7 @@ def save_weights(path: Path, state_dict: dict, half: bool = False, max_bytes: in
         old = [n for n in old if n not in names]
     for name in old:  # shards of the previous version, no longer referenced
         (path.parent / name).unlink(missing_ok=True)
+    return digests(path)
 
 
 def _shard_names(path: Path) -> list[str]:
@@ -149,14 +186,17 @@ def _unflatten(obj, tensors: dict):
     return obj
 
 
-def save_state(stem: Path, state: dict) -> None:
+def save_state(stem: Path, state: dict) -> dict:
     """Optimizer/scheduler/RNG state as ``stem.safetensors`` (tensors, sharded if large) and
-    ``stem.json`` (the structure around them; written last, so it is the commit)."""
+    ``stem.json`` (the structure around them and the tensors' checksums; written last, so it is the
+    commit). Returns the sha256 of every file written."""
     stem = Path(stem)
     tensors: dict = {}
     skeleton = _flatten(state, tensors)
-    save_weights(stem.with_name(stem.name + ".safetensors"), tensors)
-    write_json(stem.with_name(stem.name + ".json"), {"format": "grammar-rae-state/1", "state": skeleton})
+    sums = save_weights(stem.with_name(stem.name + ".safetensors"), tensors)
+    js = stem.with_name(stem.name + ".json")
+    write_json(js, {"format": "grammar-rae-state/1", "state": skeleton, "sha256": sums})
+    return {**sums, js.name: file_sha256(js)}
 
 
 def load_state(stem: Path) -> dict:
@@ -164,6 +204,7 @@ def load_state(stem: Path) -> dict:
     meta = read_json(stem.with_name(stem.name + ".json"))
     if meta.get("format") != "grammar-rae-state/1":
         raise RunError(f"{stem}.json is not a grammar-rae training state")
+    verify_files(stem.parent, meta.get("sha256"))
     tensors = load_weights(stem.with_name(stem.name + ".safetensors"))
     try:
         return _unflatten(meta["state"], tensors)
@@ -184,7 +225,9 @@ def load_legacy_state(path: Path) -> dict:
                        f"unpickle it ({str(e).splitlines()[0]})") from e
 
 
-def load_model_state(model: torch.nn.Module, path: Path) -> None:
+def load_model_state(model: torch.nn.Module, path: Path, sha256: dict | None = None) -> None:
+    """Weights into ``model``, after checking them against the checksums recorded with them."""
+    verify_files(Path(path).parent, sha256)
     weights = load_weights(path)
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))

@@ -196,21 +196,35 @@ MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cv
 @click.option("--model", type=click.Choice(MODEL_CHOICES), default="rae-l2", show_default=True,
               help="Regulariser family: RAE with L2/GP/SN decoder regularisation, plain RAE, AE, VAE, CV-VAE; "
                    "cvae = the character-level VAE baseline (no grammar in the decoder).")
-@click.option("--epochs", default=50, show_default=True)
-@click.option("--limit", type=int, default=None, help="Use only the first N rows of the data.")
+@click.option("--arch", type=click.Choice(["teacher-forced", "gvae"]), default="teacher-forced", show_default=True,
+              help="teacher-forced: conv encoder over rule embeddings + a GRU decoder that reads the previous rule "
+                   "and z at every step (learns hundreds of times faster); gvae: the GrammarVAE's networks, to "
+                   "reproduce the papers.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
-              help="Training strings (default: 100k generated expressions; ZINC250k from the cache).")
+              help="Training strings (default: the shipped ZINC250k for smiles, generated expressions for expr).")
+@click.option("--limit", type=int, default=None, help="Use only the first N rows of the data.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--batch-size", default=600, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--decoder", type=click.Choice(["gvae", "autoregressive"]), default="gvae", show_default=True,
-              help="gvae: z repeated into a 3-layer GRU; autoregressive: the GRU also sees the previous rule.")
+@click.option("--init-from", default=None,
+              help="Start from the network of a run directory or shipped model (e.g. zinc-grae): continue "
+                   "training it, or fine-tune it on --data. Its architecture and sizes are used.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:1, ... It also picks the recipe: small batches on a CPU, large on a GPU.")
+@click.option("--epochs", type=int, default=None, help="Default: the recipe's (see `grammar-rae recipes`).")
+@click.option("--batch-size", type=int, default=None, help="Default: the recipe's.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate. Default: the recipe's.")
+@click.option("--lr-factor", type=float, default=None, help="ReduceLROnPlateau factor. Default: the recipe's.")
+@click.option("--lr-patience", type=int, default=None,
+              help="Epochs without a better validation loss before the learning rate drops. Default: the recipe's.")
+@click.option("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps. Default: the recipe's.")
+@click.option("--grad-clip", type=float, default=None,
+              help="Clip the gradient's global norm (0: off). Default: the recipe's (5 for teacher-forced).")
 @click.option("--latent-dim", type=int, default=None, help="Default: 25 (expr), 56 (smiles).")
-@click.option("--decoder-hidden", type=int, default=None,
-              help="GRU width. Default: the GrammarVAE's, 100 (expr) and 501 (smiles); smaller is cheaper "
-                   "on a CPU (see BENCHMARKS.md for measured costs).")
-@click.option("--encoder-hidden", type=int, default=None, help="Encoder dense width. Default: 100 (expr), 435 (smiles).")
+@click.option("--decoder-hidden", type=int, default=None, help="GRU width. Default: the recipe's.")
+@click.option("--decoder-layers", type=int, default=None, help="GRU layers. Default: the recipe's.")
+@click.option("--encoder-hidden", type=int, default=None, help="Encoder dense width. Default: the recipe's.")
+@click.option("--decoder", type=click.Choice(["gvae", "autoregressive"]), default=None,
+              help="--arch gvae only: its z-repeated decoder (default), or one that also reads the previous rule.")
 @click.option("--beta", type=float, default=None, help="Weight of the latent term (½‖z‖², or KL for VAE).")
 @click.option("--lam", type=float, default=None, help="Weight of the decoder regulariser (L2 / GP).")
 @click.option("--vae-epsilon-std", type=float, default=None,
@@ -219,40 +233,92 @@ MODEL_CHOICES = ["rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae", "cv
 @click.option("--test-split", type=click.Choice(["first", "random"]), default=None,
               help="Held-out test rows (min(5000, n/10)): the first rows (default for smiles: the GrammarVAE "
                    "protocol) or a seeded random sample (default otherwise: safe for files in a systematic order).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--grad-clip", type=float, default=0.0, show_default=True,
-              help="Clip the gradient's global norm to this (0: off); guards large-batch, high-lr runs against spikes.")
-@click.option("--amp/--no-amp", default=True, show_default=True,
-              help="bf16 autocast on CUDA (ignored on CPU); --no-amp trains in fp32.")
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision (bf16 autocast). Default: on for CUDA and for the CPU recipes.")
+@click.option("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice).")
 @click.option("--max-minutes", type=float, default=0.0,
               help="Stop cleanly before an epoch that would not finish within this many minutes of this command "
                    "(e.g. a lent GPU's command limit); the same command with --resume goes on. 0: no limit.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
-def train(grammar_name, model, epochs, limit, data, out, resume, batch_size, lr, decoder, latent_dim, decoder_hidden,
-          encoder_hidden, beta, lam, vae_epsilon_std, test_split, device, grad_clip, amp, max_minutes, seed,
-          cache_dir):
+def train(grammar_name, model, arch, data, limit, out, resume, init_from, device, epochs, batch_size, lr, lr_factor, lr_patience,
+          warmup_steps, grad_clip, latent_dim, decoder_hidden, decoder_layers, encoder_hidden, decoder, beta, lam,
+          vae_epsilon_std, test_split, amp, threads, max_minutes, seed, cache_dir):
     """Train a grammar autoencoder into a run directory, then fit its ex-post densities.
 
-    A checkpoint is written atomically after every epoch; after a kill, the same command with
-    --resume continues from the last finished epoch.
+    Settings not given come from the measured recipe for the grammar, architecture and device
+    (`grammar-rae recipes` lists them). A checkpoint is written atomically after every epoch; after a
+    kill, the same command with --resume continues from the last finished epoch.
     """
     from .checkpoint import RunError
+    from .recipes import train_config
     from .run import train_run
-    from .train import TrainConfig, TrainingDiverged
+    from .train import TrainingDiverged
 
     overrides = {k: v for k, v in dict(latent_dim=latent_dim, beta=beta, lam=lam, decoder=decoder,
-                                       decoder_hidden=decoder_hidden, encoder_hidden=encoder_hidden,
-                                       vae_epsilon_std=vae_epsilon_std).items()
+                                       decoder_hidden=decoder_hidden, decoder_layers=decoder_layers,
+                                       encoder_hidden=encoder_hidden, vae_epsilon_std=vae_epsilon_std).items()
                  if v is not None}
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
-                      grad_clip=grad_clip, max_minutes=max_minutes)
+    cfg = train_config(grammar_name, arch, device, epochs=epochs, batch_size=batch_size, lr=lr,
+                       lr_factor=lr_factor, lr_patience=lr_patience, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                       amp=amp, threads=threads, max_minutes=max_minutes, seed=seed)
     try:
         run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume,
-                        cache_dir=cache_dir, log=click.echo, test_split=test_split, **overrides)
+                        cache_dir=cache_dir, log=click.echo, test_split=test_split, arch=arch, init_from=init_from,
+                        **overrides)
     except (RunError, TrainingDiverged, FileNotFoundError) as e:
         raise click.ClickException(str(e))
     click.echo(f"done: {run} (sample with `grammar-rae sample --run {run} --n 100 --out samples.txt`)")
+
+
+@main.group()
+def pretrained():
+    """Pretrained models shipped inside the package (zinc-grae, expr-grae).
+
+    A shipped NAME works wherever a command takes --run (an existing directory of that name wins):
+    `grammar-rae sample --run zinc-grae --n 100 --out mols.smi`."""
+
+
+@pretrained.command("list")
+def pretrained_list():
+    """The shipped models, with what each was trained on and what it reaches."""
+    from .checkpoint import read_json
+    from .pretrained import available, path
+
+    names = available()
+    if not names:
+        click.echo("no pretrained models are shipped with this installation")
+    for name in names:
+        meta = read_json(path(name) / "run.json")
+        about = meta.get("pretrained", {})
+        click.echo(f"{name}: {meta.get('label')} on {meta.get('base_grammar', meta.get('grammar'))} "
+                   f"({meta['model'].get('arch', 'gvae')}, {meta['data'].get('rows')} rows)")
+        for line in about.get("summary", []):
+            click.echo(f"    {line}")
+
+
+@pretrained.command("path")
+@click.argument("name")
+def pretrained_path(name):
+    """Print the directory of the shipped model NAME."""
+    from .checkpoint import RunError
+    from .pretrained import path
+
+    try:
+        click.echo(str(path(name)))
+    except RunError as e:
+        raise click.ClickException(str(e))
+
+
+@main.command()
+def recipes():
+    """The training recipes `train` uses by default, per grammar, architecture and device."""
+    from .recipes import RECIPES
+
+    for (grammar_name, arch, kind), r in RECIPES.items():
+        click.echo(f"{grammar_name:<7} {arch:<15} {kind:<5} {r.note}")
+        click.echo(f"        network: {r.model or 'the architecture defaults'}")
+        click.echo(f"        training: " + ", ".join(f"{k}={v}" for k, v in r.train.items()))
 
 
 @main.command()
@@ -393,19 +459,22 @@ def reconstruct(run_dir, input_path, out, device):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Data cache folder.")
-def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir):
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default RUN/eval; eval/NAME for a shipped pretrained model).")
+def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, out):
     """Reconstruction accuracy and validity/uniqueness/novelty of prior, Gaussian and GMM samples.
 
-    Writes RUN/eval/metrics.json, report.md, the samples and a plot (molecule grid or function plot).
+    Writes metrics.json, report.md, the samples and a plot (molecule grid or function plot).
     """
     from .checkpoint import RunError
     from .evaluate import evaluate_run
 
     try:
-        evaluate_run(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, log=click.echo)
+        report = evaluate_run(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, log=click.echo,
+                              out=out)
     except RunError as e:
         raise click.ClickException(str(e))
-    click.echo(f"written: {Path(run_dir) / 'eval'}/metrics.json, report.md")
+    click.echo(f"written: {report['out']}/metrics.json, report.md")
 
 
 @main.command()
@@ -492,7 +561,7 @@ def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, li
     from .train import TrainConfig, TrainingDiverged
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
-                      device=device, seed=seed)
+                      device=device, seed=seed, grad_clip=0.0, amp=not device.startswith("cpu"), recon_rows=0)
     try:
         run = train_image_run(out, dataset, model, data=data, train=cfg, backbone=backbone, resume=resume,
                               log=click.echo, limit=limit, cache_dir=cache_dir)

@@ -36,6 +36,25 @@ def _check(z) -> np.ndarray:
     return z
 
 
+def _read_files(path: Path) -> tuple[dict, dict]:
+    """The settings JSON and the arrays of a saved density, the arrays checked against their checksum."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from .checkpoint import RunError, verify_files
+
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if not isinstance(meta, dict) or meta.get("format") != "grammar-rae-density/1":
+            raise DensityError(f"{path.with_suffix('.json')} is not a grammar-rae density file")
+        verify_files(path.parent, meta.get("sha256"))
+        return meta, load_file(str(path.with_suffix(".safetensors")))
+    except RunError as e:
+        raise DensityError(str(e)) from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as e:
+        raise DensityError(f"cannot read density {path}: {e}") from e
+
+
 def _gauss_logpdf(z: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
     """log N(z; mean, L Lᵀ) for each row of z, via the Cholesky factor L."""
     from scipy.linalg import solve_triangular
@@ -51,10 +70,14 @@ def _save_files(path: str | Path, arrays: dict, meta: dict) -> None:
 
     from .io import atomic_target, atomic_write_bytes
 
+    from .checkpoint import file_sha256
+
     path = Path(path)
-    with atomic_target(path.with_suffix(".safetensors")) as tmp:
+    tensors = path.with_suffix(".safetensors")
+    with atomic_target(tensors) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
-    meta = {"format": "grammar-rae-density/1", **meta}
+    # the checksum rides in the JSON, written last: the two files commit together
+    meta = {"format": "grammar-rae-density/1", **meta, "sha256": {tensors.name: file_sha256(tensors)}}
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
 
 
@@ -153,25 +176,16 @@ class ExPostDensity:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExPostDensity":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         path = Path(path)
+        meta, arrays = _read_files(path)
+        if meta.get("kind") == "two-stage":
+            return SecondStageVAE.load(path)
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            if meta.get("format") == "grammar-rae-density/1" and meta.get("kind") == "two-stage":
-                return SecondStageVAE.load(path)
-            if meta.get("format") != "grammar-rae-density/1":
-                raise DensityError(f"{path.with_suffix('.json')} is not a grammar-rae density file")
-            arrays = load_file(str(path.with_suffix(".safetensors")))
-        except (OSError, json.JSONDecodeError, SafetensorError) as e:
-            raise DensityError(f"cannot read density {path}: {e}") from e
-        d = cls(meta["kind"], meta["k"], meta["seed"], meta["reg_covar"])
-        d.selection = {int(k): v for k, v in (meta.get("selection") or {}).items()} or None
-        try:
+            d = cls(meta["kind"], meta["k"], meta["seed"], meta["reg_covar"])
+            d.selection = {int(k): v for k, v in (meta.get("selection") or {}).items()} or None
             d._set(arrays["weights"], arrays["means"], arrays["chols"])
-        except KeyError as e:
-            raise DensityError(f"density {path} lacks array {e}") from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise DensityError(f"density {path} is incomplete ({e})") from e
         n, dim = d.means.shape
         if d.weights.shape != (n,) or d.chols.shape != (n, dim, dim):
             raise DensityError(f"density {path}: arrays have inconsistent shapes")
@@ -288,18 +302,15 @@ class SecondStageVAE:
     @classmethod
     def load(cls, path: str | Path) -> "SecondStageVAE":
         import torch
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
 
         path = Path(path)
+        meta, arrays = _read_files(path)
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            arrays = load_file(str(path.with_suffix(".safetensors")))
             d = cls(meta["hidden"], meta["epochs"], meta["batch_size"], meta["lr"], meta["seed"])
             d.shift, d.scale = arrays.pop("shift"), arrays.pop("scale")
             d._build(len(d.shift))
             d.net.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
-        except (OSError, json.JSONDecodeError, SafetensorError, KeyError, RuntimeError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise DensityError(f"cannot read density {path}: {e}") from e
         d.net.eval()
         return d

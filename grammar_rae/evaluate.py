@@ -8,6 +8,7 @@ import numpy as np
 
 from .checkpoint import read_json, write_json
 from .data.parsed import prepare_dataset
+from .data.shipped import resolve_source
 from .grammar import ParseError, load_grammar
 from .metrics import canonical, expression_curves, generation_metrics, reconstruction_accuracy
 from .run import decode_strings, load_density, load_run, padded_rules
@@ -15,15 +16,20 @@ from .train import resolve_device
 
 
 def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False,
-                 seed: int = 0, device: str = "auto", cache_dir=None, log=print) -> dict:
-    run_dir = Path(run_dir)
+                 seed: int = 0, device: str = "auto", cache_dir=None, log=print, out: str | Path | None = None) -> dict:
+    """Metrics of a run (or a shipped pretrained NAME), written to ``out`` (default RUN/eval, or
+    eval/NAME for a shipped model, whose folder belongs to the installation)."""
+    from .pretrained import is_shipped, resolve_run
+
+    run_dir = resolve_run(run_dir)
+    out = Path(out) if out else (Path("eval") / run_dir.name if is_shipped(run_dir) else run_dir / "eval")
     dev = resolve_device(device)
     net, meta = load_run(run_dir, device=dev)
     g = net.grammar
     base_name = meta.get("base_grammar", g.name)
     molecules = base_name == "smiles"
     base = g if base_name == g.name else load_grammar(base_name)
-    ds = prepare_dataset(g, meta["data"]["source"], cache_dir=cache_dir, quiet=True)
+    ds = prepare_dataset(g, resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir), cache_dir=cache_dir, quiet=True)
 
     def in_language(strings):
         """Decodes of the character baseline are valid only if the real grammar parses them."""
@@ -34,7 +40,8 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     test_rules = padded_rules(ds, net.config.max_length, test)
     train_strings = [ds.strings[i] for i in split["train"]]
     t0 = time.time()
-    report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": g.name, "decoder": net.config.decoder,
+    report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": g.name,
+              "arch": net.config.arch, "decoder": net.config.decoder,
               "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
               "reconstruction": {}, "samples": {}}
     test_strings = [ds.strings[i] for i in test]
@@ -68,8 +75,8 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
         log(f"{kind:>8} samples: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, "
             f"novel {m.get('novelty', float('nan')):.1%}")
     report["seconds"] = round(time.time() - t0, 1)
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
+    report["out"] = str(out)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
     for kind, strings in samples.items():
@@ -90,7 +97,9 @@ def _parses(grammar, s: str) -> bool:
 
 
 def markdown_report(r: dict) -> str:
-    lines = [f"# {r['model']} on {r['grammar']} ({r['decoder']} decoder, {r['epochs']} epochs)", "",
+    arch = r.get("arch", "gvae")
+    arch = f"gvae architecture, {r['decoder']} decoder" if arch == "gvae" else f"{arch} architecture"
+    lines = [f"# {r['model']} on {r['grammar']} ({arch}, {r['epochs']} epochs)", "",
              "| reconstruction | accuracy |", "|---|---|"]
     lines += [f"| {k} | {v:.1%} |" for k, v in r["reconstruction"].items()]
     lines += ["", "| density | validity | uniqueness | novelty |", "|---|---|---|---|"]

@@ -32,7 +32,8 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
                     backbone: str | None = None, resume: bool = False, progress: bool = True, log=print,
                     limit: int | None = None, cache_dir=None, **overrides) -> Path:
     out = Path(out)
-    train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6)
+    train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
+                                 grad_clip=0.0, amp=torch.cuda.is_available(), recon_rows=0)
     if not resume and (out / "run.json").is_file():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     meta = read_json(out / "run.json") if resume and (out / "run.json").is_file() else None
@@ -83,7 +84,8 @@ def load_image_run(run_dir, device="cpu"):
     except (TypeError, ValueError) as e:
         raise RunError(f"{run_dir}/run.json: invalid model description ({e})") from e
     name = "best" if (run_dir / "checkpoints" / "best.safetensors").is_file() else "last"
-    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors")
+    sums = read_json(run_dir / "checkpoints" / f"{name}.json").get("sha256")
+    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors", sums)
     return net.eval().to(device), meta
 
 

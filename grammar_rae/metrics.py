@@ -6,8 +6,10 @@
 - novelty: valid distinct strings not in the training set / valid distinct strings;
 - reconstruction accuracy: the fraction of decodes equal to their input, (a) deterministic: encode
   once, decode by argmax; (b) the GrammarVAE protocol: encode each input ``n_encode`` times (the
-  VAE's posterior sample; identical for deterministic encoders) and decode each code ``n_decode``
-  times by sampling rules, averaging exact matches over all n_encode x n_decode decodes.
+  VAE's posterior sample) and decode each code ``n_decode`` times by sampling rules, averaging exact
+  matches over all n_encode x n_decode decodes. A deterministic encoder gives the same code all
+  n_encode times, so its code is decoded n_decode times once: the same expected accuracy, at a
+  tenth of the cost.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from .models.family import family
 
 
 def canonical_smiles(s: str | None) -> str | None:
@@ -68,7 +72,7 @@ def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], 
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     target = canonical(strings, molecules)
-    stochastic_encoder = n_encode > 1 and model.config.model in ("vae", "cv-vae")
+    stochastic_encoder = n_encode > 1 and family(model.config.model).stochastic
     memo: dict = {}
 
     def canon(got):
@@ -84,7 +88,7 @@ def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], 
         x = rules[i:i + batch].to(device)
         want = target[i:i + batch]
         z = model.encode(x)
-        for _ in range(n_encode):
+        for _ in range(n_encode if stochastic_encoder else 1):
             if stochastic_encoder:
                 z = model.latent(x)[0]  # a posterior sample
             for out in model.decode_repeated(z, n_decode, sample=sample, generator=gen):

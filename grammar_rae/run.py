@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
+from .data.shipped import resolve_source
 from .density import DensityError, ExPostDensity, make_density
 from .grammar import Grammar, GrammarError, load_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
 from .train import Trainer, TrainConfig, distributed, resolve_device
 
+MIN_ROWS = 20
 MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
 
 
@@ -43,20 +45,16 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
 
 def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_dir=None, progress=True,
                     limit: int | None = None):
-    """The prepared dataset a `train` run uses: ``data`` if given, else expressions generated offline
-    (100,000 -- as many as the GrammarVAE set -- or ``limit``; seed 0) or the cached ZINC250k download."""
+    """The prepared dataset a `train` run uses: ``data`` if given, else the shipped data set of the
+    grammar -- the GrammarVAE's expression set, or ZINC250k (a downloaded copy in the cache wins)."""
     from .data.download import zinc250k_path
-    from .data.expressions import generate_expressions
     from .data.parsed import prepare_dataset
+    from .data.shipped import shipped_path
 
     base = grammar.name.removesuffix("-chars")
     if data is None:
         if base == "expr":
-            n = min(100_000, limit or 100_000)
-            data = out / "data" / f"expressions-{n}.txt"
-            if not data.is_file():
-                data.parent.mkdir(parents=True, exist_ok=True)
-                data.write_text("".join(s + "\n" for s in generate_expressions(n, seed=0)))
+            data = shipped_path("expressions", cache_dir)
         elif base == "smiles":
             data = zinc250k_path(cache_dir)
         else:
@@ -66,13 +64,22 @@ def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_
 
 def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
               train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
-              cache_dir=None, test_split: str | None = None, **model_overrides) -> Path:
+              cache_dir=None, test_split: str | None = None, arch: str = "teacher-forced",
+              init_from: str | Path | None = None, **model_overrides) -> Path:
     """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities.
 
+    ``train``: default, the recipe for the grammar, architecture and device (recipes.py); the
+    recipe's network sizes apply unless ``model_overrides`` name others.
     ``test_split``: ``first`` (default for SMILES: the GrammarVAE's first 5,000 rows) or ``random``
-    (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory."""
+    (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory.
+    ``init_from``: a run directory or shipped NAME whose network (configuration and best weights) a
+    new run starts from -- to continue training a shipped model, or to fine-tune it on other data."""
+    from .recipes import recipe, train_config
+
     out = Path(out)
-    train = train or TrainConfig()
+    chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
+    model_overrides = {**chosen.model, **model_overrides}
+    train = train or train_config(grammar, arch)
     existing = (out / "run.json").is_file()
     if existing and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -82,15 +89,20 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
         if meta.get("format") != RUN_FORMAT:
             raise RunError(f"{out}/run.json is not a grammar-rae run")
         grammar, model = meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"])
-        limit, data = meta["data"]["limit"], meta["data"]["source"]
+        limit = meta["data"]["limit"]
+        data = resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir)
         # the model and optimiser settings are the run's; how and how long to run this time are the caller's
         train = TrainConfig(**{**meta["train"], "epochs": train.epochs, "device": train.device, "amp": train.amp,
-                               "max_minutes": train.max_minutes})
+                               "max_minutes": train.max_minutes, "threads": train.threads})
     base = load_grammar(grammar)
     # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
     g, family = (base.character_grammar, "vae") if model == "cvae" else (base, model)
     ds = default_dataset(g, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
     n = len(ds) if limit is None else min(limit, len(ds))
+    if n < MIN_ROWS:
+        what = f"{len(ds)} parseable rows" + (f" ({len(ds.skipped)} lines skipped)" if ds.skipped else "")
+        raise RunError(f"{ds.source} has {what}{f', --limit {limit}' if limit is not None else ''}: too few to "
+                       f"train on (at least {MIN_ROWS} are needed, for training, validation and test rows)")
     if continuing and (out / "split.npz").is_file():
         with np.load(out / "split.npz", allow_pickle=False) as f:
             tr, va, te = f["train"], f["val"], f["test"]
@@ -100,22 +112,33 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
         tr, va, te = split_rows(n, train.seed, test=test_split)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
     train_rules, val_rules = padded_rules(ds, max_length, tr), padded_rules(ds, max_length, va)
+    start = None
     if continuing:
-        config = GrammarAEConfig(**meta["model"])
+        config = GrammarAEConfig.from_dict(meta["model"])
+    elif init_from is not None:
+        start, start_meta = load_run(init_from)
+        if start_meta["grammar_sha256"] != g.sha256:
+            raise RunError(f"{init_from} was trained with another grammar than {g.name}; it cannot start this run")
+        config = start.config
+        config.max_length = max(config.max_length, max_length)
     else:
-        config = GrammarAEConfig.for_grammar(base.name, max_length, family, **model_overrides)
+        config = GrammarAEConfig.for_grammar(base.name, max_length, family, arch=arch, **model_overrides)
     rank, _ = distributed()
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_run_files(out, g, tr, va, te, {
             "format": RUN_FORMAT, "label": model, "grammar": g.name, "grammar_sha256": g.sha256,
             "base_grammar": base.name, "model": config.to_dict(), "train": asdict(train),
+            **({"init_from": str(init_from)} if init_from is not None else {}),
             "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
                      "train": len(tr), "val": len(va), "test": len(te), "test_split": test_split},
         })
     torch.manual_seed(train.seed)
     net = GrammarAE(config, g)
-    log(f"{model} ({config.decoder} decoder) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
+    if start is not None:
+        net.load_state_dict(start.state_dict())
+        log(f"starting from the weights of {init_from}")
+    log(f"{model} ({config.arch} architecture) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
         f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(train.device)}")
     trainer = Trainer(net, train_rules, val_rules, train, out, progress=progress, log=log)
     trainer.fit(resume=resume)
@@ -183,10 +206,11 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
-    """The trained model of a run directory, with clear errors for anything damaged or foreign."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a directory")
+    """The trained model of a run directory (or a shipped pretrained NAME), with clear errors for
+    anything damaged or foreign."""
+    from .pretrained import resolve_run
+
+    run_dir = resolve_run(run_dir)
     meta = read_json(run_dir / "run.json")
     if meta.get("format") != RUN_FORMAT:
         raise RunError(f"{run_dir}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
@@ -195,22 +219,25 @@ def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[Gr
         if hashlib.sha256(text.encode()).hexdigest() != meta["grammar_sha256"]:
             raise RunError(f"{run_dir}/grammar.cfg differs from the grammar this run was trained with")
         g = Grammar(text, name=meta["grammar"], path=str(run_dir / "grammar.cfg"))
-        config = GrammarAEConfig(**meta["model"])
+        config = GrammarAEConfig.from_dict(meta["model"])
         net = GrammarAE(config, g)
     except (OSError, KeyError, TypeError, ValueError, GrammarError) as e:
         if isinstance(e, RunError):
             raise
         raise RunError(f"{run_dir}: run description is incomplete or invalid ({e})") from e
     name = which if (run_dir / "checkpoints" / f"{which}.safetensors").is_file() else "last"
-    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors")
+    sums = read_json(run_dir / "checkpoints" / f"{name}.json").get("sha256")
+    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors", sums)
     return net.eval().to(device), meta
 
 
 def load_density(run_dir: str | Path, kind: str, dim: int) -> ExPostDensity:
+    from .pretrained import resolve_run
+
     if kind == "prior":
         return make_density("prior").fit(None, dim=dim)
     try:
-        return ExPostDensity.load(Path(run_dir) / "density" / kind)
+        return ExPostDensity.load(resolve_run(run_dir) / "density" / kind)
     except DensityError as e:
         raise RunError(f"{run_dir}: no usable {kind} density ({e}); train the run to the end first") from e
 

@@ -3,7 +3,11 @@ seeds, CPU or CUDA (bf16 autocast), a progress bar with the loss terms, a checkp
 (atomic), resume after a kill, and a clean stop on a NaN loss that keeps the last good checkpoint.
 
 The data are rule-index tensors (uint8) resident on the training device; a batch is an index
-slice turned into one-hots inside the model, so no host DataLoader sits in the step loop.
+slice turned into one-hots or embeddings inside the model, so no host DataLoader sits in the step
+loop. For models whose loss ignores positions past the end of a sequence (``model.cuts_padding``),
+batches are length-bucketed -- rows are shuffled, sorted by length within chunks of
+``bucket_batches`` batches, cut into batches whose order is shuffled again -- and each batch is cut
+to its longest sequence: the padding costs nothing and is not computed.
 """
 from __future__ import annotations
 
@@ -31,9 +35,23 @@ class TrainConfig:
     early_stop_patience: int = 10   # epochs without a better validation loss
     seed: int = 0
     device: str = "auto"            # "auto": CUDA when present, else CPU
-    amp: bool = True                # bf16 autocast on CUDA
-    grad_clip: float = 0.0          # 0: off
+    amp: bool = True                # bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX)
+    grad_clip: float = 5.0          # global gradient-norm clip (0: off); guards against loss spikes
     max_minutes: float = 0.0        # wall-clock budget of one invocation (0: none); --resume continues
+    warmup_steps: int = 0           # linear learning-rate warm-up over the first steps
+    bucket_batches: int = 50        # length bucketing: batches per sorted chunk (models that cut padding)
+    recon_rows: int = 500           # validation rows whose exact reconstruction is logged every epoch (0: off)
+    threads: int = 0                # CPU threads for PyTorch (0: leave PyTorch's default)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (measured here: 1.55x faster training of the
+    teacher-forced ZINC model, the same loss per epoch); elsewhere bf16 would be emulated, and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,6 +99,12 @@ class Trainer:
             self.step_model = DistributedDataParallel(self.model, device_ids=ids)
         self.train_data = train_data.to(self.device)
         self.val_data = val_data.to(self.device)
+        if config.threads and self.device.type == "cpu":
+            torch.set_num_threads(config.threads)
+        # lengths live on the host: batches are planned there, with no device sync per step
+        self.bucketed = bool(getattr(model, "cuts_padding", False))
+        self.train_lengths = model.sequence_lengths(train_data).cpu() if self.bucketed else None
+        self.val_lengths = model.sequence_lengths(val_data).cpu() if self.bucketed else None
         self.progress = progress and self.rank == 0
         self.log = log if self.rank == 0 else (lambda message: None)
         # fused Adam on CUDA: one kernel for all parameters, and it takes the loss scaler's inf check
@@ -91,9 +115,10 @@ class Trainer:
         # Loss scaling under autocast: PyTorch's autocast runs cuDNN's GRU in fp16 even when asked for
         # bf16 (seen with torch 2.11 + cuDNN 9.19 on an H100), and fp16 gradients underflow without it.
         # A no-op on CPU and with --no-amp.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp_on())
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._loss_scaling())
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch, self.best_val, self.bad_epochs, self.history = 0, math.inf, 0, []
+        self.global_step, self.elapsed = 0, 0.0
         self.early_stopped = False
         self.ckpt = self.run_dir / "checkpoints"
 
@@ -102,13 +127,15 @@ class Trainer:
         """Weights first, then state, then the JSON that names the epoch: the JSON is the commit."""
         if self.rank != 0:
             return
-        save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
-        save_state(self.ckpt / "last.state", {
+        sums = save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
+        sums |= save_state(self.ckpt / "last.state", {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "scaler": self.scaler.state_dict()})
         write_json(self.ckpt / "last.json", {"epoch": self.epoch, "best_val": self.best_val,
                                              "bad_epochs": self.bad_epochs, "history": self.history,
+                                             "global_step": self.global_step, "elapsed": self.elapsed,
+                                             "sha256": sums,
                                              "early_stopped": self.early_stopped,
                                              "train_config": asdict(self.config)})
 
@@ -117,7 +144,7 @@ class Trainer:
         if not (self.ckpt / "last.json").is_file():
             return False
         meta = read_json(self.ckpt / "last.json")
-        load_model_state(self.model, self.ckpt / "last.safetensors")
+        load_model_state(self.model, self.ckpt / "last.safetensors", meta.get("sha256"))
         legacy = self.ckpt / "last.state.pt"
         state = load_state(self.ckpt / "last.state") if (self.ckpt / "last.state.json").is_file() \
             else load_legacy_state(legacy)
@@ -131,6 +158,8 @@ class Trainer:
             self.epoch, self.best_val = int(meta["epoch"]), float(meta["best_val"])
             self.bad_epochs, self.history = int(meta["bad_epochs"]), list(meta["history"])
             self.early_stopped = bool(meta.get("early_stopped", False))
+            self.global_step = int(meta.get("global_step", 0))
+            self.elapsed = float(meta.get("elapsed", sum(h.get("seconds", 0.0) for h in self.history)))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{self.ckpt}: checkpoint state is incomplete or foreign ({e})") from e
         self.log(f"resumed {self.run_dir} after epoch {self.epoch} (best validation {self.best_val:.4f})")
@@ -138,26 +167,57 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def _amp_on(self) -> bool:
-        return self.config.amp and self.device.type == "cuda"
+        if not self.config.amp:
+            return False
+        return self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+
+    def _loss_scaling(self) -> bool:
+        """fp16 gradients need loss scaling: CUDA's autocast GRU (see __init__); bf16 on a CPU does not."""
+        return self._amp_on() and self.device.type == "cuda"
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp_on())
+
+    def plan_batches(self) -> list[tuple[torch.Tensor, int]]:
+        """This epoch's batches for this rank: (row indices, length to cut to; 0 = no cut)."""
+        n, bs = len(self.train_data), self.config.batch_size
+        order = torch.randperm(n, generator=self.generator)
+        if self.bucketed:
+            chunk = bs * max(1, self.config.bucket_batches)
+            batches = []
+            for i in range(0, n, chunk):
+                rows = order[i:i + chunk]
+                rows = rows[torch.argsort(self.train_lengths[rows], stable=True)]
+                batches += list(rows.split(bs))
+            batches = [batches[j] for j in torch.randperm(len(batches), generator=self.generator)]
+        else:
+            batches = list(order.split(bs))
+        # every rank takes the same number of batches, or DDP's collective calls would wait forever
+        batches = batches[: len(batches) // self.world * self.world][self.rank::self.world]
+        return [(b, int(self.train_lengths[b].max()) if self.bucketed else 0) for b in batches]
+
+    def _set_warmup_lr(self) -> None:
+        w = self.config.warmup_steps
+        if w and self.global_step < w:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * (self.global_step + 1) / w
 
     def train_epoch(self) -> dict:
         from tqdm.auto import tqdm
 
         self.model.train()
-        n, bs = len(self.train_data), self.config.batch_size
-        # every rank takes the same number of rows, or DDP's collective calls would wait forever
-        order = torch.randperm(n, generator=self.generator)[: n // self.world * self.world]
-        order = order[self.rank::self.world].to(self.device)
-        n = len(order)
+        plan = self.plan_batches()
         sums: dict[str, torch.Tensor] = {}
-        steps = math.ceil(n / bs)
+        steps = len(plan)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                    disable=not self.progress, unit="batch")
         for i in bar:
-            batch = self.train_data[order[i * bs:(i + 1) * bs]]
+            rows, length = plan[i]
+            batch = self.train_data[rows.to(self.device)]
+            if length:
+                batch = batch[:, :length]
+            self._set_warmup_lr()
+            self.global_step += 1
             with self._autocast():
                 total, terms = self.step_model(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -190,12 +250,29 @@ class Trainer:
         """Mean reconstruction loss on the validation set (the model-selection criterion)."""
         self.model.eval()
         total, n = 0.0, len(self.val_data)
-        for i in range(0, n, self.config.batch_size):
-            batch = self.val_data[i:i + self.config.batch_size]
+        order = torch.argsort(self.val_lengths, stable=True) if self.bucketed else torch.arange(n)
+        for rows in order.split(self.config.batch_size):
+            batch = self.val_data[rows.to(self.device)]
+            if self.bucketed:
+                batch = batch[:, :int(self.val_lengths[rows].max())]
             with self._autocast():
                 rec = self.model.reconstruction_loss(batch)
             total += rec.float().sum().item()
         return total / max(n, 1)
+
+    @torch.no_grad()
+    def reconstruction_rate(self) -> float | None:
+        """Exact argmax reconstruction of the first ``recon_rows`` validation rows (models that decode)."""
+        k = min(self.config.recon_rows, len(self.val_data))
+        if not k or not hasattr(self.model, "exact_reconstructions"):
+            return None
+        self.model.eval()
+        hits = 0
+        for i in range(0, k, 500):
+            batch = self.val_data[i:min(k, i + 500)]
+            with self._autocast():
+                hits += int(self.model.exact_reconstructions(batch).sum())
+        return hits / k
 
     def fit(self, resume: bool = False) -> list[dict]:
         if resume:
@@ -212,6 +289,7 @@ class Trainer:
             t0 = time.time()
             train = self.train_epoch()
             val = self.validate()
+            recon = self.reconstruction_rate()
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss is {val} after epoch {self.epoch + 1}; stopped, "
                                        f"the last good checkpoint (epoch {self.epoch}) is kept")
@@ -223,15 +301,21 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.early_stopped = self.bad_epochs >= self.config.early_stop_patience
+            seconds = time.time() - t0
+            self.elapsed += seconds
             row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}, "val_rec": val,
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
+                   **({"val_recon": recon} if recon is not None else {}), "step": self.global_step,
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                   "elapsed": round(self.elapsed, 2)}
             self.history.append(row)
             if improved and self.rank == 0:
-                save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
-                write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val})
+                sums = save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
+                write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val, "sha256": sums})
             self.save()
             self.log(f"epoch {self.epoch}: train loss {train['loss']:.4f} (rec {train['rec']:.4f}), "
-                     f"val rec {val:.4f}{' *' if improved else ''}, lr {row['lr']:.2g}, {row['seconds']:.1f}s")
+                     f"val rec {val:.4f}{' *' if improved else ''}"
+                     + (f", val reconstruction {recon:.1%}" if recon is not None else "")
+                     + f", lr {row['lr']:.2g}, {row['seconds']:.1f}s")
             if self.early_stopped:
                 self.log(f"early stop: no better validation loss in {self.bad_epochs} epochs")
             longest = max(longest, time.time() - t0)  # checkpoint writing included

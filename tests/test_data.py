@@ -67,6 +67,24 @@ def test_damaged_or_foreign_cache_is_refused(tmp_path, smiles):
         load_parsed(where)
 
 
+def test_undecodable_nul_and_huge_lines_are_reported_by_line_and_skipped(tmp_path, capsys, smiles):
+    p = tmp_path / "bad.smi"
+    p.write_bytes(b"CCO\nC\xffC\nc1ccccc1\nC\x00O\n" + b"C" * 20_000 + b"\nClCBr\n")
+    ds = prepare_dataset(smiles, p, cache_dir=tmp_path / "c", workers=1, progress=False)
+    err = capsys.readouterr().err
+    assert ds.strings == ["CCO", "c1ccccc1", "ClCBr"] and ds.line_numbers.tolist() == [1, 3, 6]
+    assert [line for line, _ in ds.skipped] == [2, 4, 5]
+    assert f"{p}:2: skipped: not UTF-8 text (byte 0xff at column 2)" in err
+    assert f"{p}:4: skipped: contains a NUL byte" in err and f"{p}:5: skipped: line of 20,001 bytes" in err
+    assert "3 strings parsed, 3 skipped" in err
+    with pytest.raises(DataFormatError, match=rf"{p.name}:2: not UTF-8"):
+        list(read_strings(p))  # without a list to collect them, a bad line is an error naming it
+    c = tmp_path / "bad.csv"
+    c.write_bytes(b"smiles,y\nCCO,1\n\xfe\xff,2\nc1ccccc1,3\n")
+    bad = []
+    assert list(read_strings(c, bad=bad)) == [(2, "CCO"), (4, "c1ccccc1")] and [b[0] for b in bad] == [3]
+
+
 def test_csv_column(tmp_path, smiles):
     p = tmp_path / "m.csv"
     p.write_text('id,smiles,logP\n1,CCO,0.1\n2,"c1ccccc1",2.0\n3,C1CC(,0\n')
@@ -84,9 +102,15 @@ def test_pack_uses_uint16_beyond_256_rules(tmp_path):
     assert m.dtype == np.uint16 and m.tolist() == [[3], [299]] and lengths.tolist() == [1, 1]
 
 
-def test_zinc_sized_data_is_compact(smiles):
-    m, lengths = pack(smiles, [[0] * 277] * 1000)
-    assert m.nbytes == 277 * 1000  # one byte a step: ZINC250k is 69 MB
+def test_datasets_are_kept_as_one_byte_per_rule(tmp_path, smiles):
+    """What a prepared dataset holds -- in memory and in the cache -- is one uint8 per rule step,
+    not one-hots (a float32 one-hot ZINC250k would be 19.6 GiB; REFERENCE.md §4)."""
+    path = write_smi(tmp_path, GOOD * 40)
+    ds = prepare_dataset(smiles, path, cache_dir=tmp_path / "c", workers=1, quiet=True)
+    assert ds.rules.dtype == np.uint8 and ds.rules.shape == (200, max(len(smiles.parse(s)) for s in GOOD))
+    cached = np.load(ds.cache_path / "rules.npy", allow_pickle=False)
+    assert cached.dtype == np.uint8 and cached.nbytes == ds.rules.size
+    assert (ds.cache_path / "rules.npy").stat().st_size < ds.rules.size + 200  # header + bytes, nothing else
 
 
 def test_expression_generation_is_seeded_valid_and_bounded(expr):
@@ -138,8 +162,36 @@ def test_local_path_is_verified(tmp_path, monkeypatch):
     bad.write_bytes(b"CCN\n")
     with pytest.raises(download.ChecksumError):
         download.fetch("zinc250k", cache_dir=tmp_path / "c2", path=bad)
-    with pytest.raises(FileNotFoundError, match="data download zinc250k"):
-        download.zinc250k_path(cache_dir=tmp_path / "c3")
+    # nothing downloaded: the copy shipped inside the package, decompressed into the cache and verified
+    shipped = download.zinc250k_path(cache_dir=tmp_path / "c3")
+    assert shipped.parent == tmp_path / "c3" / "datasets" / "zinc250k"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == \
+        "f900b46bb42b77aab37cd827d1ea474e2a037ecab2bd7def2b6027492216d36a"
+
+
+def test_shipped_datasets_are_verified_and_a_damaged_copy_is_refused(tmp_path, monkeypatch):
+    import gzip
+
+    from grammar_rae.data import shipped
+
+    p = shipped.shipped_path("expressions", tmp_path / "c")
+    lines = p.read_text().splitlines()
+    assert len(lines) == 100_000 and lines[99_908] == "1 / 3 + ( x ) + sin( x * x )"
+    p.write_text("x\n")  # a damaged cached copy is replaced by a fresh, verified one
+    assert shipped.shipped_path("expressions", tmp_path / "c").read_text().splitlines() == lines
+    fake = tmp_path / "files"
+    fake.mkdir()
+    (fake / "equation2_15_dataset.txt.gz").write_bytes(gzip.compress(b"x + 1\n"))
+    monkeypatch.setattr(shipped, "FILES", fake)
+    with pytest.raises(shipped.ShippedDataError, match="not the published"):
+        shipped.shipped_path("expressions", tmp_path / "c2")
+    assert not (tmp_path / "c2" / "datasets" / "expressions" / "equation2_15_dataset.txt").exists()
+    # a run's recorded source is found again by sha256 when its path is gone
+    monkeypatch.undo()
+    sha = "ae9850311e884f888491f56dca57ef3c2f9880899e63d26b5da3b71840591ca2"
+    assert shipped.resolve_source("/gone/expr.txt", sha, tmp_path / "c").read_text().splitlines() == lines
+    with pytest.raises(FileNotFoundError, match="not a shipped dataset"):
+        shipped.resolve_source("/gone/other.txt", "0" * 64, tmp_path / "c")
 
 
 def test_zinc250k_fits_in_100_mb_and_is_read_back_from_cache(tmp_path, smiles):

@@ -6,7 +6,8 @@ import torch
 from grammar_rae.data.expressions import generate_expressions
 from grammar_rae.data.parsed import pack
 from grammar_rae.models import regularisers as R
-from grammar_rae.models.grammar_ae import MODELS, GrammarAE, GrammarAEConfig
+from grammar_rae.models.decoding import StackMachine
+from grammar_rae.models.grammar_ae import ARCHS, MODELS, GrammarAE, GrammarAEConfig
 
 
 def batch(expr, n=32, seed=0):
@@ -14,9 +15,9 @@ def batch(expr, n=32, seed=0):
     return torch.from_numpy(rules)
 
 
-def small(model="rae-l2", **kw):
+def small(model="rae-l2", arch="teacher-forced", **kw):
     torch.manual_seed(0)
-    return GrammarAE(GrammarAEConfig.for_grammar("expr", 15, model, **kw))
+    return GrammarAE(GrammarAEConfig.for_grammar("expr", 15, model, arch=arch, **kw))
 
 
 def test_masked_nll_is_the_renormalised_softmax_over_the_lhs_rules(expr):
@@ -37,9 +38,10 @@ def test_masked_nll_is_the_renormalised_softmax_over_the_lhs_rules(expr):
     assert R.masked_nll(torch.randn(1, 15, expr.n_rules), pad, m.rule_competitors).item() == 0
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("model", MODELS)
-def test_every_model_trains_a_step_and_reports_its_terms(expr, model):
-    m = small(model)
+def test_every_model_trains_a_step_and_reports_its_terms(expr, model, arch):
+    m = small(model, arch)
     rules = batch(expr)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     total, terms = m.loss(rules)
@@ -64,13 +66,15 @@ def test_l2_penalises_decoder_weights_only(expr):
     assert biases and all(p.grad is None for p in biases)
 
 
-def test_gradient_penalty_matches_finite_differences(expr):
-    m = small("rae-gp").double()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradient_penalty_matches_finite_differences(expr, arch):
+    m = small("rae-gp", arch).double()
     m.eval()
+    rules = batch(expr, 3)  # the teacher-forced decoder's logits depend on the target rules too
     z = torch.randn(3, m.config.latent_dim, dtype=torch.float64, requires_grad=True)
-    gp = R.gradient_penalty(m.logits(z), z)
+    gp = R.gradient_penalty(m.logits(z, rules), z)
     eps = 1e-5
-    f = lambda zz: m.logits(zz).pow(2).flatten(1).sum(1)  # noqa: E731
+    f = lambda zz: m.logits(zz, rules).pow(2).flatten(1).sum(1)  # noqa: E731
     fd = torch.zeros_like(z)
     with torch.no_grad():
         for i in range(z.shape[1]):
@@ -83,21 +87,29 @@ def test_gradient_penalty_matches_finite_differences(expr):
     assert m.decoder.gru.weight_hh_l0.grad.abs().sum() > 0
 
 
-def test_spectral_norm_bounds_the_top_singular_value_of_every_decoder_matrix(expr):
-    m = small("rae-sn")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_spectral_norm_bounds_the_top_singular_value_of_every_decoder_matrix(expr, arch):
+    m = small("rae-sn", arch)
     opt = torch.optim.Adam(m.parameters(), 1e-2)
     rules = batch(expr)
     for _ in range(5):
         opt.zero_grad()
         m.loss(rules)[0].backward()
         opt.step()
+    with torch.no_grad():  # one power iteration per forward pass: let the estimates of σ_max settle
+        for _ in range(100):
+            m.loss(rules)
     m.eval()
-    mats = [m.decoder.latent_in[0].weight, m.decoder.out.weight] + \
-        [getattr(m.decoder.gru, n) for n in ("weight_ih_l0", "weight_hh_l0", "weight_hh_l2")]
+    first = m.decoder.latent_in[0] if arch == "gvae" else m.decoder.initial
+    mats = [first.weight, m.decoder.out.weight] + [getattr(m.decoder.gru, f"weight_{k}_l{layer}")
+                                                   for k in ("ih", "hh") for layer in range(m.config.decoder_layers)]
+    assert len(mats) >= 4
     for w in mats:
         assert torch.linalg.matrix_norm(w.detach(), ord=2) < 1.05
-    enc = small("rae").encoder.dense[0].weight  # the encoder is left alone
-    assert torch.linalg.matrix_norm(enc.detach(), ord=2) != pytest.approx(1.0, abs=0.05)
+    from torch.nn.utils import parametrize
+
+    assert not any(parametrize.is_parametrized(mod) for mod in m.encoder.modules())  # the encoder is left alone
+    assert sum(parametrize.is_parametrized(mod) for mod in m.decoder.modules()) >= 3
 
 
 def test_vae_kl_matches_torch_distributions():
@@ -116,21 +128,94 @@ def test_deterministic_models_encode_deterministically_and_vae_samples(expr):
     assert torch.equal(vae.encode(rules), vae.encode(rules))
 
 
-def test_autoregressive_decoder_trains_and_decodes(expr):
-    m = small("rae", decoder="autoregressive")
+@pytest.mark.parametrize("arch,kw", [("teacher-forced", {}), ("gvae", {"decoder": "autoregressive"})])
+def test_autoregressive_decoders_train_and_decode_strings_of_their_derivations(expr, arch, kw):
+    m = small("rae", arch, **kw)
     rules = batch(expr)
     total, _ = m.loss(rules)
     total.backward()
-    d = m.decode(torch.randn(6, m.config.latent_dim), sample=True, generator=torch.Generator().manual_seed(0))
-    for row, ok, s in zip(d.rules, d.complete, d.strings):
-        if ok:
-            k = int((row != expr.padding_index).sum())
-            assert expr.parse(s) == row[:k].tolist()
+    d = m.decode(torch.randn(64, m.config.latent_dim), sample=True, generator=torch.Generator().manual_seed(0))
+    complete = d.complete.nonzero().flatten().tolist()
+    assert len(complete) >= 8, "too few complete derivations to check"
+    assert all(d.strings[i] is None for i in range(64) if i not in complete)
+    for i in complete:
+        k = int((d.rules[i] != expr.padding_index).sum())
+        assert expr.parse(d.strings[i]) == d.rules[i, :k].tolist()
+
+
+@pytest.mark.parametrize("arch,kw", [("teacher-forced", {}), ("gvae", {"decoder": "autoregressive"})])
+def test_decoding_steps_agree_with_the_teacher_forced_forward_pass(expr, arch, kw):
+    """Driven by the true rules, the stack machine exposes each step's LHS, and the decoder's
+    one-step path gives the logits its teacher-forced forward pass gives at that step."""
+    m = small("rae-l2", arch, **kw).double().eval()
+    rules = batch(expr, 5, seed=3).long()
+    z = torch.randn(5, m.config.latent_dim, dtype=torch.float64)
+    with torch.no_grad():
+        forward = m.logits(z, rules)
+        machine = StackMachine(expr, 5, 15)
+        prev = torch.full((5,), expr.n_rules)
+        state = m.decoder.initial_state(z)
+        for t in range(15):
+            lhs = machine.top()
+            assert torch.equal(lhs, torch.as_tensor(expr.rule_lhs)[rules[:, t]])
+            step, state = m.decoder.step(z, prev, lhs, state)
+            assert torch.allclose(step, forward[:, t], atol=1e-10), f"step {t} differs"
+            force = torch.full_like(step, -1e9).scatter(1, rules[:, t:t + 1], 0.0)
+            prev = machine.step(force)
+            assert torch.equal(prev, rules[:, t])
+        assert bool(machine.done.all())
+
+
+def zinc_batch(smiles, n=12):
+    from grammar_rae.data.parsed import pack
+
+    strings = ["CC(=O)Nc1ccc(O)cc1", "CCO", "c1ccccc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "O=C(O)c1ccccc1O",
+               "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "C#N", "ClC(Cl)Cl", "CC[NH+](C)C", "OCC(O)CO", "N#Cc1ccccc1",
+               "CC(=O)OC1=CC=CC=C1C(=O)O"][:n]
+    rules, lengths = pack(smiles, [smiles.parse(s) for s in strings], max_length=277)
+    return torch.from_numpy(rules.astype(np.int64)), lengths
+
+
+@pytest.mark.parametrize("model", ["rae-l2", "rae-gp", "vae"])
+def test_cutting_a_batch_to_its_longest_derivation_keeps_loss_and_gradients(smiles, model):
+    rules, lengths = zinc_batch(smiles)
+    cut = rules[:, :int(lengths.max())]
+    assert cut.shape[1] < 277 / 3
+    m = GrammarAE(GrammarAEConfig.for_grammar("smiles", 277, model, decoder_hidden=32, conv_channels=(16, 16, 16),
+                                              encoder_hidden=16), smiles).double()
+    assert m.cuts_padding
+
+    def loss_and_grads(x):
+        torch.manual_seed(1)  # the same VAE noise both times
+        m.zero_grad()
+        total, _ = m.loss(x)
+        total.backward()
+        return total.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    full, g_full = loss_and_grads(rules)
+    short, g_cut = loss_and_grads(cut)
+    assert torch.allclose(full, short, rtol=1e-10)
+    assert g_full.keys() == g_cut.keys() and len(g_full) > 10
+    for n in g_full:
+        # the masked NLL is summed in float32: only summation order may differ
+        assert torch.allclose(g_full[n], g_cut[n], rtol=1e-5, atol=1e-7), n
+    # and the code of a sequence does not depend on how much padding its batch carries
+    assert torch.allclose(m.encode(rules), m.encode(cut), rtol=1e-10)
+    assert torch.allclose(m.encode(rules[:1, :int(lengths[0]) + 3]), m.encode(rules[:1]), rtol=1e-10)
 
 
 def test_config_checks():
     with pytest.raises(ValueError, match="unknown model"):
         GrammarAEConfig(model="gan")
-    c = GrammarAEConfig.for_grammar("smiles", 277, "vae")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        GrammarAEConfig(arch="transformer")
+    c = GrammarAEConfig.for_grammar("smiles", 277, "vae", arch="gvae")
     assert c.latent_dim == 56 and c.decoder_hidden == 501 and c.beta == 1.0
+    assert GrammarAEConfig.for_grammar("smiles", 277, "vae").arch == "teacher-forced"
     assert GrammarAEConfig.for_grammar("expr", 15, "rae-l2", beta=0.5).beta == 0.5
+    # run.json files from before the teacher-forced architecture load as gvae
+    old = GrammarAEConfig.for_grammar("expr", 15, arch="gvae").to_dict()
+    del old["arch"], old["embedding_dim"], old["dropout"]
+    assert GrammarAEConfig.from_dict(old).arch == "gvae"
+    with pytest.raises(ValueError, match="unknown model settings"):
+        GrammarAEConfig.from_dict({**old, "colour": 1})

@@ -3,6 +3,7 @@ import json
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -110,6 +111,7 @@ def test_loss_scaling_under_autocast_trains_and_its_state_resumes(tmp_path, expr
     """The mixed-precision path (autocast + GradScaler, on CUDA) exercised on the CPU: steps are taken,
     the scale is saved with the training state and restored on --resume."""
     monkeypatch.setattr(Trainer, "_amp_on", lambda self: True)
+    monkeypatch.setattr(Trainer, "_loss_scaling", lambda self: True)
     small_run(tmp_path / "a", expr_file, 2)
     from grammar_rae.checkpoint import load_state
 
@@ -141,6 +143,12 @@ def test_a_planted_pickle_is_refused(tmp_path, expr_file):
     sentinel = tmp_path / "pwned"
     with open(run / "checkpoints" / "last.state.safetensors", "wb") as f:
         pickle.dump({"optimizer": Planted(str(sentinel))}, f)
+    with pytest.raises(RunError, match="has changed since it was written"):  # its checksum
+        small_run(tmp_path / "p", expr_file, 2, resume=True)
+    for name in ("last.json", "last.state.json"):  # a run from before checksums: the format check refuses it
+        meta = json.loads((run / "checkpoints" / name).read_text())
+        del meta["sha256"]
+        (run / "checkpoints" / name).write_text(json.dumps(meta))
     with pytest.raises(RunError, match="not a safetensors"):
         small_run(tmp_path / "p", expr_file, 2, resume=True)
     # a run from before the JSON state keeps last.state.pt: it is read with weights_only=True
@@ -151,6 +159,9 @@ def test_a_planted_pickle_is_refused(tmp_path, expr_file):
         small_run(tmp_path / "p", expr_file, 2, resume=True)
     with open(run / "checkpoints" / "best.safetensors", "wb") as f:
         pickle.dump(Planted(str(sentinel)), f)
+    with pytest.raises(RunError, match="best.safetensors has changed"):
+        load_run(run)
+    (run / "checkpoints" / "best.json").write_text(json.dumps({"epoch": 1}))
     with pytest.raises(RunError, match="not a safetensors"):
         load_run(run)
     assert not sentinel.exists()
@@ -167,7 +178,7 @@ def test_damaged_or_foreign_run_directories(tmp_path, expr_file):
     (run / "run.json").write_text(json.dumps({"format": "someone-else/3"}))
     with pytest.raises(RunError, match="not a grammar-rae run"):
         load_run(run)
-    with pytest.raises(RunError, match="not a directory"):
+    with pytest.raises(RunError, match="neither a run directory nor a shipped pretrained model"):
         load_run(tmp_path / "nowhere")
 
 
@@ -194,7 +205,7 @@ def test_train_and_sample_from_the_cli(tmp_path, expr_file):
     strings = sample_run(out, 20, "gmm", stochastic=True, seed=3)
     assert strings == sample_run(out, 20, "gmm", stochastic=True, seed=3)  # seeded
     r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "not a directory" in r.output
+    assert r.exit_code != 0 and "neither a run directory nor a shipped" in r.output
 
 
 def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_path, expr_file):
@@ -324,3 +335,22 @@ def test_expression_runs_hold_out_a_random_test_sample_and_resume_keeps_the_spli
     small_run(tmp_path / "s", expr_file, 2, resume=True)
     again = dict(np.load(run / "split.npz"))
     assert all(np.array_equal(split[k], again[k]) for k in ("train", "val", "test"))
+
+
+def test_bucketed_batches_cover_every_row_once_and_never_cut_a_real_rule(tmp_path, expr):
+    from grammar_rae.data.parsed import pack
+    from grammar_rae.models.grammar_ae import GrammarAE, GrammarAEConfig
+
+    strings = generate_expressions(700, seed=5)
+    rules = torch.from_numpy(pack(expr, [expr.parse(s) for s in strings], max_length=15)[0])
+    net = GrammarAE(GrammarAEConfig.for_grammar("expr", 15, "rae", decoder_hidden=8), expr)
+    t = Trainer(net, rules, rules[:10], TrainConfig(batch_size=32, bucket_batches=4), tmp_path, progress=False)
+    plan = t.plan_batches()
+    seen = torch.cat([rows for rows, _ in plan])
+    assert sorted(seen.tolist()) == list(range(700))
+    lengths = (rules != expr.padding_index).sum(1)
+    assert all(cut == int(lengths[rows].max()) for rows, cut in plan)
+    spread = [int(lengths[rows].max() - lengths[rows].min()) for rows, _ in plan]
+    unsorted = [int(lengths[r].max() - lengths[r].min()) for r in torch.randperm(700).split(32)]
+    assert np.mean(spread) < np.mean(unsorted) / 2  # bucketing groups similar lengths
+    assert t.plan_batches()[0][0].tolist() != plan[0][0].tolist()  # a fresh order each epoch

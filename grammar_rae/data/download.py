@@ -146,12 +146,13 @@ def _download(url: str, target: Path, sha256: str, progress: bool) -> None:
 
 
 def zinc250k_path(cache_dir: str | Path | None = None, path: str | Path | None = None) -> Path:
-    """The ZINC250k ``.smi`` file: ``path`` if given (used as is), else the cached download."""
+    """The ZINC250k ``.smi`` file: ``path`` if given (used as is), else the cached download, else
+    the copy shipped inside the package (decompressed into the cache, sha256-checked)."""
+    from .shipped import shipped_path
+
     if path is not None:
         return Path(path)
     f = dataset_dir("zinc250k", cache_dir) / DATASETS["zinc250k"][0].name
-    if not f.is_file():
-        raise FileNotFoundError(
-            f"ZINC250k is not in the cache ({f}). Run `grammar-rae data download zinc250k` "
-            "or pass --data PATH to a local copy.")
-    return f
+    if f.is_file():
+        return f
+    return shipped_path("zinc250k", cache_dir)

@@ -49,37 +49,79 @@ class DataFormatError(ValueError):
     """An input file cannot be read as the format asked for."""
 
 
-def read_strings(path: str | Path, column: str | None = None) -> Iterator[tuple[int, str]]:
+MAX_CHARS = 10_000  # a longer line is not a molecule or an expression: skipped, not parsed
+
+
+def read_strings(path: str | Path, column: str | None = None, bad: list | None = None,
+                 max_chars: int = MAX_CHARS) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, string)`` for each non-empty record of a text or CSV file.
 
     ``.csv`` files (or any file when ``column`` is given) are read with the csv module and the
     ``column`` field is taken (default: ``smiles`` if present, else the first column); other
     files hold one string a line. Surrounding white space (ZINC's trailing newlines) is removed.
+
+    A line that is not UTF-8, holds a NUL byte, or is longer than ``max_chars`` is appended to
+    ``bad`` as ``(line_number, reason)`` and skipped -- no other line is lost; with ``bad=None`` it
+    raises :class:`DataFormatError` naming FILE:LINE instead.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
+
+    def reject(line: int, reason: str):
+        if bad is None:
+            raise DataFormatError(f"{path}:{line}: {reason}")
+        bad.append((line, reason))
+
+    def lines() -> Iterator[tuple[int, str]]:
+        """Decoded lines; a bad one comes back empty (so csv's line count stays right)."""
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                if len(raw) > max_chars:
+                    reject(i, f"line of {len(raw):,} bytes, longer than {max_chars:,}: not read")
+                    yield i, "\n"
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    reject(i, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                    yield i, "\n"
+                    continue
+                if "\x00" in text:
+                    reject(i, "contains a NUL byte")
+                    yield i, "\n"
+                    continue
+                yield i, text
+
     if path.suffix.lower() == ".csv" or column is not None:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
+        numbered = lines()
+        reader = csv.reader(text for _, text in numbered)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataFormatError(f"{path}:1: not a CSV header ({e})") from e
+        names = [h.strip() for h in header]
+        want = column or ("smiles" if "smiles" in names else names[0])
+        if want not in names:
+            raise DataFormatError(f"{path}: no column {want!r}; columns are {names}")
+        k = names.index(want)
+        while True:
             try:
-                header = next(reader)
+                row = next(reader)
             except StopIteration:
                 return
-            names = [h.strip() for h in header]
-            want = column or ("smiles" if "smiles" in names else names[0])
-            if want not in names:
-                raise DataFormatError(f"{path}: no column {want!r}; columns are {names}")
-            k = names.index(want)
-            for row in reader:
-                if len(row) > k and row[k].strip():
-                    yield reader.line_num, row[k].strip()
+            except csv.Error as e:
+                reject(reader.line_num, f"not a CSV row ({e})")
+                continue
+            if len(row) > k and row[k].strip():
+                yield reader.line_num, row[k].strip()
         return
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            s = line.strip()
-            if s:
-                yield i, s
+    for i, text in lines():
+        s = text.strip()
+        if s:
+            yield i, s
 
 
 @dataclass
@@ -155,16 +197,18 @@ def prepare_dataset(grammar: Grammar | str, path: str | Path, column: str | None
             return ds
         except DataFormatError as e:
             _report(f"ignoring unreadable cache {where}: {e}; parsing again", quiet)
-    records = list(read_strings(path, column))
+    unreadable: list = []
+    records = list(read_strings(path, column, bad=unreadable))
     strings = [s for _, s in records]
     results, errors = grammar.parse_many(strings, workers=workers, progress=progress and not quiet,
                                          on_error="skip")
+    problems = sorted([(line, reason) for line, reason in unreadable] +
+                      [(records[i][0], str(err)) for i, err in errors])
     skipped = []
-    for i, err in errors:
-        line = records[i][0]
-        skipped.append((line, err.reason))
+    for line, reason in problems:
+        skipped.append((line, reason))
         if len(skipped) <= show_errors:
-            _report(f"{path}:{line}: skipped: {err}", quiet)
+            _report(f"{path}:{line}: skipped: {reason}", quiet)
     if len(skipped) > show_errors:
         _report(f"... and {len(skipped) - show_errors} more unparseable lines", quiet)
     keep = [i for i, r in enumerate(results) if r is not None]

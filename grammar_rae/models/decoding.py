@@ -47,12 +47,16 @@ class StackMachine:
         self._offsets = torch.arange(width, device=device)[None, :]
         self._padding_lhs = torch.tensor(grammar.padding_lhs, device=device)
 
-    def current_mask(self) -> torch.Tensor:
-        """[B, R] bool: the rules allowed at this step (the padding rule once a stack is empty)."""
+    def top(self) -> torch.Tensor:
+        """[B] the left-hand side expanded at this step: the top of each stack (the padding LHS once
+        a stack is empty)."""
         empty = self.sp == 0
         top = self.stack.gather(1, (self.sp - 1).clamp(min=0)[:, None]).squeeze(1)
-        self._empty = empty
-        return self.mask[torch.where(empty, self._padding_lhs, top)]
+        return torch.where(empty, self._padding_lhs, top)
+
+    def current_mask(self) -> torch.Tensor:
+        """[B, R] bool: the rules allowed at this step (the padding rule once a stack is empty)."""
+        return self.mask[self.top()]
 
     def step(self, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,7 +64,7 @@ class StackMachine:
         allowed = self.current_mask()
         scores = _scores(logits, sample, temperature, generator)
         rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
-        self.sp -= (~self._empty).long()  # pop
+        self.sp -= (self.sp > 0).long()  # pop
         self.stack.scatter_(1, self.sp[:, None] + self._offsets, self.push[rule])  # push RHS, reversed
         self.sp += self.n_push[rule]
         return rule
@@ -100,7 +104,7 @@ def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, 
             rules[:, t] = machine.step(scores[:, t])
             if t % 16 == 15 and bool(machine.done.all()):  # the rest is padding; one sync per 16 steps
                 break
-    return _finish(grammar, rules, machine.done, strings)
+    return finish(grammar, rules, machine.done, strings)
 
 
 @torch.no_grad()
@@ -115,7 +119,7 @@ def decode(grammar: Grammar, logits: torch.Tensor, sample: bool = False, tempera
     B, T, _ = logits.shape
     if logits.device.type == "cpu" and _native_kernel() is not None:
         rules, complete = _native_decode(grammar, _scores(logits, sample, temperature, generator))
-        return _finish(grammar, rules, complete, strings)
+        return finish(grammar, rules, complete, strings)
     return decode_tensor(grammar, logits, sample, temperature, generator, strings)
 
 
@@ -164,7 +168,7 @@ def _native_decode(grammar: Grammar, scores: torch.Tensor):
     return torch.from_numpy(rules), torch.from_numpy(complete.astype(bool))
 
 
-def _finish(grammar: Grammar, rules: torch.Tensor, complete: torch.Tensor, strings: bool) -> Decoded:
+def finish(grammar: Grammar, rules: torch.Tensor, complete: torch.Tensor, strings: bool) -> Decoded:
     out = None
     if strings:
         rows = rules.cpu().numpy()

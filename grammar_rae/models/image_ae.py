@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import regularisers as R
+from .family import family
 
 IMAGE_MODELS = ("vae", "cv-vae", "wae", "2s-vae", "rae-gp", "rae-l2", "rae-sn", "rae", "ae")  # Table 1's rows
-VARIATIONAL = ("vae", "2s-vae")  # encoders with a log-variance head
 
 # (β, λ) per dataset from the paper's appendix (REFERENCE.md §2); digits borrows MNIST's.
 PAPER_WEIGHTS = {
@@ -90,7 +90,7 @@ class ImageAE(nn.Module):
             raise ValueError(f"image size {c.image_size} is too small for the {c.backbone} backbone")
         self.encoder = nn.Sequential(*layers, nn.Flatten())
         self.to_z = nn.Linear(ch * size * size, c.latent_dim)
-        self.to_log_var = nn.Linear(ch * size * size, c.latent_dim) if c.model in VARIATIONAL else None
+        self.to_log_var = nn.Linear(ch * size * size, c.latent_dim) if family(c.model).variational else None
         self.start = c.image_size // 2 ** len(arch["dec_channels"])
         self.start_channels = arch["dec_start_channels"]
         layers, ch = [], self.start_channels
@@ -100,7 +100,7 @@ class ImageAE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(c.latent_dim, self.start_channels * self.start ** 2),
                                      nn.Unflatten(1, (self.start_channels, self.start, self.start)),
                                      *layers, nn.Conv2d(ch, c.channels, 3, 1, 1), nn.Tanh())
-        if c.model == "rae-sn":
+        if family(c.model).decoder_reg == "sn":
             R.apply_spectral_norm(self.decoder)
 
     # ------------------------------------------------------------------ data
@@ -130,10 +130,11 @@ class ImageAE(nn.Module):
         h = self.encoder(x)
         mean = self.to_z(h)
         z, log_var = mean, None
-        if c.model in VARIATIONAL:
+        posterior = family(c.model).posterior
+        if posterior == "gaussian":
             log_var = self.to_log_var(h)
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
-        elif c.model == "cv-vae":
+        elif posterior == "constant":
             z = mean + c.cv_sigma * torch.randn_like(mean)
         out = self.decoder(z)
         rec = (out - x).pow(2).flatten(1).sum(1).mean()

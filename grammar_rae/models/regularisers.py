@@ -14,20 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (β, λ) defaults per model: β on the latent term, λ on the decoder regulariser. The grammar
-# experiments of the RAE paper do not list theirs; these follow its image-table magnitudes,
-# scaled to a summed-over-steps reconstruction loss.
-DEFAULT_WEIGHTS = {
-    "rae-l2": (1e-3, 1e-6),
-    "rae-gp": (1e-3, 1e-6),
-    "rae-sn": (1e-3, 0.0),
-    "rae": (1e-3, 0.0),
-    "ae": (0.0, 0.0),
-    "vae": (1.0, 0.0),
-    "cv-vae": (1e-3, 0.0),
-}
-
-
 def masked_nll(logits: torch.Tensor, rules: torch.Tensor, rule_competitors: torch.Tensor) -> torch.Tensor:
     """Grammar-masked reconstruction loss per sequence (GrammarVAE, Sec. 3): at each step the logits
     are restricted to the rules of the true rule's left-hand side, renormalised, and the true rule's
@@ -99,17 +85,21 @@ def mmd_imq(z: torch.Tensor, prior: torch.Tensor, scale: float = 1.0) -> torch.T
 def objective(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: torch.Tensor, output: torch.Tensor,
               decoder: nn.Module, beta: float, lam: float) -> tuple[torch.Tensor, dict]:
     """L = L_REC + β·(latent term) + λ·L_REG (RAE eq. 11) for every member of the family, shared by the
-    grammar and image models. ``output`` is the decoder output computed from ``z`` (for RAE-GP)."""
+    grammar and image models; the terms come from the model's ``Family`` entry. ``output`` is the
+    decoder output computed from ``z`` (for RAE-GP)."""
+    from .family import family
+
+    f = family(model)
     terms = {"rec": rec}
-    if model in ("rae-l2", "rae-gp", "rae-sn", "rae", "cv-vae"):
-        terms["z"] = latent_l2(mean).mean()          # CV-VAE: its KL up to a constant
-    elif model in ("vae", "2s-vae"):               # 2s-VAE: its first stage is a VAE
+    if f.latent_term == "l2":
+        terms["z"] = latent_l2(mean).mean()
+    elif f.latent_term == "kl":
         terms["kl"] = gaussian_kl(mean, log_var).mean()
-    elif model == "wae":
+    elif f.latent_term == "mmd":
         terms["mmd"] = mmd_imq(z, torch.randn_like(z))
-    if model == "rae-l2":
+    if f.decoder_reg == "l2":
         terms["reg"] = decoder_l2(decoder)
-    elif model == "rae-gp":
+    elif f.decoder_reg == "gp":
         terms["reg"] = gradient_penalty(output, z).mean()
     total = rec
     for name, value in terms.items():

@@ -27,6 +27,7 @@ from .objectives import Objective, get_objective
 def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print):
     """Codes and objective scores of every string of the run's data (cached in ``out``)."""
     from ..data.parsed import prepare_dataset
+    from ..data.shipped import resolve_source
     from ..run import encode_rules, load_run, padded_rules
 
     net, meta = load_run(run_dir, device=device)
@@ -34,7 +35,7 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as f:
             return net, f["z"], f["y"], [str(s) for s in f["strings"]]
-    ds = prepare_dataset(net.grammar, meta["data"]["source"], quiet=True)
+    ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"].get("sha256")), quiet=True)
     n = meta["data"]["rows"]
     rules = padded_rules(ds, net.config.max_length, np.arange(n))
     log(f"encoding {n} strings and scoring them with {objective.name}")
@@ -169,7 +170,9 @@ def summarise(states: list[dict], objective: Objective) -> dict:
 def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str | None = None, iterations: int = 5,
              batch: int = 50, seeds=(1,), n_decode: int | None = None, device: str = "auto", gp_kw: dict | None = None,
              progress: bool = True, log=print) -> dict:
-    run_dir, out = Path(run_dir), Path(out)
+    from ..pretrained import resolve_run
+
+    run_dir, out = resolve_run(run_dir), Path(out)
     obj = get_objective(objective, target)
     dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)

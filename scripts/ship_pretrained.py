@@ -1,0 +1,76 @@
+"""Pack a trained run directory as a shipped pretrained model: grammar_rae/pretrained/NAME.
+
+Copies run.json (its data source rewritten to the shipped dataset's name when the sha256 matches),
+grammar.cfg, split.npz, the best weights as fp16 safetensors, the training history, and the
+densities refitted on the codes of the fp16 model (so they describe exactly what ships). Adds a
+"pretrained" block to run.json: how it was trained (command, device, wall time, epochs) and the
+measured summary lines `grammar-rae pretrained list` prints.
+
+    python scripts/ship_pretrained.py RUN NAME --command "grammar-rae train ..." --device "2-core CPU" \
+        [--summary "line" ...] [--no-refit]
+"""
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from grammar_rae.checkpoint import load_weights, read_json, save_weights, write_json
+from grammar_rae.data.parsed import prepare_dataset
+from grammar_rae.data.shipped import SHIPPED, resolve_source
+from grammar_rae.pretrained import ROOT
+from grammar_rae.run import fit_densities, load_run, padded_rules
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("name")
+    ap.add_argument("--command", required=True, help="The command that trained it.")
+    ap.add_argument("--device", required=True, help="Where it was trained, in words.")
+    ap.add_argument("--summary", action="append", default=[], help="A measured line for `pretrained list`.")
+    ap.add_argument("--no-refit", action="store_true", help="Copy the densities instead of refitting them.")
+    args = ap.parse_args()
+    run, out = Path(args.run), ROOT / args.name
+    tmp = ROOT / f".{args.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints").mkdir(parents=True)
+    meta = read_json(run / "run.json")
+    last = read_json(run / "checkpoints" / "last.json")
+    best = read_json(run / "checkpoints" / "best.json")
+    for d in SHIPPED.values():
+        if meta["data"].get("sha256") == d.sha256:
+            meta["data"]["source"] = d.name
+    history = last.get("history", [])
+    meta["pretrained"] = {
+        "command": args.command, "device": args.device, "epochs": last.get("epoch"), "best_epoch": best.get("epoch"),
+        "wall_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+        "weights": "fp16 copy of the best-validation checkpoint", "summary": args.summary,
+    }
+    write_json(tmp / "run.json", meta)
+    shutil.copyfile(run / "grammar.cfg", tmp / "grammar.cfg")
+    with np.load(run / "split.npz", allow_pickle=False) as f:  # compressed: sorted indices pack well
+        np.savez_compressed(tmp / "split.npz", **{k: f[k].astype(np.int32) for k in f.files})
+    sums = save_weights(tmp / "checkpoints" / "best.safetensors",
+                        load_weights(run / "checkpoints" / "best.safetensors"), half=True)
+    write_json(tmp / "checkpoints" / "best.json", {**best, "sha256": sums})
+    write_json(tmp / "checkpoints" / "last.json", {"epoch": last.get("epoch"), "history": history})
+    if args.no_refit:
+        shutil.copytree(run / "density", tmp / "density")
+    else:
+        net, _ = load_run(tmp)
+        ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"]), quiet=True)
+        with np.load(tmp / "split.npz", allow_pickle=False) as f:
+            train_rows = f["train"]
+        fit_densities(net, padded_rules(ds, net.config.max_length, train_rows), tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    for f in sorted(out.rglob("*")):
+        if f.is_file():
+            size = f.stat().st_size
+            assert size < 16 * 2 ** 20, f"{f} is {size} bytes: too large to ship"
+            print(f"{f.relative_to(ROOT)}  {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
