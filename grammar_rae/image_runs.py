@@ -21,10 +21,10 @@ import torch
 from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
 from .data.images import load_images
 from .density import ExPostDensity, make_density
+from .models.family import family
 from .models.image_ae import LATENT, ImageAE, ImageAEConfig, padded_size
 from .train import Trainer, TrainConfig
 
-PRIOR_MODELS = ("vae", "wae")  # their "N" column is the prior itself
 DEFAULT_BACKBONE = {"digits": "small", "mnist": "paper", "cifar10": "paper", "celeba": "celeba"}
 
 
@@ -67,7 +67,7 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     plot_history(trainer.history, out / "loss.png")
     net = load_image_run(out)[0]
     z = encode_images(net, splits.train)
-    kinds = ("gaussian", "gmm") + (("two-stage",) if config.model == "2s-vae" else ())
+    kinds = ("gaussian", "gmm") + (("two-stage",) if family(config.model).n_column == "two-stage" else ())
     for kind in kinds:
         log(f"fitting the {kind} density on {len(z):,} training codes")
         make_density(kind, k=10, seed=train.seed).fit(z).save(out / "density" / kind)
@@ -114,11 +114,11 @@ def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def density_for(run_dir: Path, net: ImageAE, kind: str) -> ExPostDensity:
     """The density behind a column: ``gaussian`` means the "N" column (the prior for VAE/WAE, the
-    second stage for the 2s-VAE)."""
-    if kind == "prior" or (kind == "gaussian" and net.config.model in PRIOR_MODELS):
+    second stage for the 2s-VAE: the model family's ``n_column``)."""
+    if kind == "gaussian":
+        kind = family(net.config.model).n_column
+    if kind == "prior":
         return make_density("prior").fit(None, dim=net.config.latent_dim)
-    if kind == "gaussian" and net.config.model == "2s-vae":
-        kind = "two-stage"
     return ExPostDensity.load(run_dir / "density" / kind)
 
 

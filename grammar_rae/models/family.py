@@ -9,6 +9,8 @@ this table; adding a model is one ``Family`` line here (and, for a new kind of t
   decoder reg.  "l2"  ‖θ_dec‖² (Tikhonov)   "gp" ‖∇_z ‖D(z)‖²‖²   "sn" spectral normalisation
   posterior     "gaussian" z = μ + ε·σ (needs a log-variance head)   "constant" z = μ + ε·σ_CV
                 None: deterministic, z = μ
+  n_column      the density behind the RAE paper's "N" column: the fitted Gaussian, the prior
+                (models trained to match it), or the 2s-VAE's second stage
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ class Family:
     latent_term: str | None = None
     decoder_reg: str | None = None
     posterior: str | None = None
-    grammar_weights: tuple = (0.0, 0.0)   # (β, λ) defaults for the grammar models
+    grammar_weights: tuple | None = (0.0, 0.0)   # (β, λ) defaults for grammar models; None: image-only
     summary: str = ""
+    n_column: str = "gaussian"
 
     @property
     def variational(self) -> bool:
@@ -43,14 +46,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rae-sn", "l2", "sn", None, (1e-3, 0.0), "RAE with spectrally normalised decoder weights"),
     Family("rae", "l2", None, None, (1e-3, 0.0), "RAE, no explicit decoder regulariser"),
     Family("ae", None, None, None, (0.0, 0.0), "plain deterministic autoencoder"),
-    Family("vae", "kl", None, "gaussian", (1.0, 0.0), "variational autoencoder"),
+    Family("vae", "kl", None, "gaussian", (1.0, 0.0), "variational autoencoder", n_column="prior"),
     Family("cv-vae", "l2", None, "constant", (1e-3, 0.0), "VAE with a constant posterior variance"),
     # image-only members (RAE paper, Table 1)
-    Family("wae", "mmd", None, None, (0.0, 0.0), "Wasserstein autoencoder (MMD)"),
-    Family("2s-vae", "kl", None, "gaussian", (1.0, 0.0), "two-stage VAE (a second VAE fitted on the codes)"),
+    Family("wae", "mmd", None, None, None, "Wasserstein autoencoder (MMD)", n_column="prior"),
+    Family("2s-vae", "kl", None, "gaussian", None, "two-stage VAE (a second VAE fitted on the codes)",
+           n_column="two-stage"),
 )}
 
-GRAMMAR_MODELS = ("rae-l2", "rae-gp", "rae-sn", "rae", "ae", "vae", "cv-vae")
+GRAMMAR_MODELS = tuple(name for name, f in FAMILIES.items() if f.grammar_weights is not None)
+IMAGE_MODELS = tuple(FAMILIES)
 
 
 def family(name: str) -> Family:

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import regularisers as R
-from .family import family
+from .family import IMAGE_MODELS, family
 
-IMAGE_MODELS = ("vae", "cv-vae", "wae", "2s-vae", "rae-gp", "rae-l2", "rae-sn", "rae", "ae")  # Table 1's rows
 
 # (β, λ) per dataset from the paper's appendix (REFERENCE.md §2); digits borrows MNIST's.
 PAPER_WEIGHTS = {
