@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .io import atomic_target, atomic_write_bytes
 
 RUN_FORMAT = "grammar-rae-run/1"
@@ -32,7 +33,7 @@ MAX_FILE_BYTES = 15 * 2 ** 20
 _SHARDS = "grammar_rae_shards"
 
 
-class RunError(RuntimeError):
+class RunError(RuntimeError, UserError):
     """A run directory or checkpoint is missing, damaged, foreign, or unsafe to load."""
 
 
@@ -237,3 +238,42 @@ def load_model_state(model: torch.nn.Module, path: Path, sha256: dict | None = N
         if v.shape != own[k].shape:
             raise RunError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+# ---------------------------------------------------------------------------------------- run directories
+def start_run(out: Path, resume: bool) -> dict | None:
+    """The run.json of ``out`` when resuming it (None when there is none yet); refuses to train into
+    a folder that already holds a run unless ``resume``."""
+    out = Path(out)
+    exists = (out / "run.json").is_file()
+    if exists and not resume:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not exists:
+        return None
+    meta = read_json(out / "run.json")
+    if meta.get("format") != RUN_FORMAT:
+        raise RunError(f"{out}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
+    return meta
+
+
+def read_run(run_dir, kind: str) -> tuple[Path, dict]:
+    """(directory, run.json) of a run of ``kind`` ("grammar" or "image"), given a directory or a
+    shipped pretrained NAME, with clear errors for anything foreign."""
+    from .pretrained import resolve_run
+
+    run_dir = resolve_run(run_dir)
+    meta = read_json(run_dir / "run.json")
+    if meta.get("format") != RUN_FORMAT:
+        raise RunError(f"{run_dir}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
+    if meta.get("kind", "grammar") != kind:
+        raise RunError(f"{run_dir} is an {meta.get('kind', 'grammar')} run, not a {kind} run")
+    return run_dir, meta
+
+
+def load_checkpoint(model: torch.nn.Module, run_dir: Path, which: str = "best") -> str:
+    """Load ``checkpoints/{which}`` (or ``last`` when there is no such checkpoint) into ``model``,
+    checked against the checksums its JSON recorded; returns the name loaded."""
+    ckpt = Path(run_dir) / "checkpoints"
+    name = which if (ckpt / f"{which}.safetensors").is_file() else "last"
+    load_model_state(model, ckpt / f"{name}.safetensors", read_json(ckpt / f"{name}.json").get("sha256"))
+    return name

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 def _quiet():
     from rdkit import RDLogger
@@ -123,7 +125,7 @@ def fcd(gen_smiles: Sequence[str], ref_smiles: Sequence[str], device: str = "cpu
     try:
         from fcd_torch import FCD
     except ImportError as e:
-        raise RuntimeError("FCD needs the fcd-torch package: pip install fcd-torch") from e
+        raise ConfigError("FCD needs the fcd-torch package: pip install fcd-torch") from e
     gen = [s for s in gen_smiles if s]
     ref = [s for s in ref_smiles if s]
     if len(gen) < 2 or len(ref) < 2:

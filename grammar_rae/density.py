@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import logsumexp
+from .errors import UserError
 
 KINDS = ("prior", "gaussian", "gmm", "two-stage")
 
 
-class DensityError(ValueError):
+class DensityError(ValueError, UserError):
     pass
 
 

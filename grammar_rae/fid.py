@@ -20,6 +20,8 @@ import torch
 from scipy import linalg
 from torch import nn
 
+from .errors import ConfigError
+
 FEATURE_VERSION = 1
 
 
@@ -111,7 +113,7 @@ class InceptionFeatures:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.model = torch.jit.load(str(path), map_location=device).eval()
         except RuntimeError as e:
-            raise ValueError(f"{path} is not a TorchScript Inception file ({e})") from e
+            raise ConfigError(f"{path} is not a TorchScript Inception file ({e})") from e
         self.device, self.batch = device, batch
 
     @torch.no_grad()
@@ -131,7 +133,7 @@ def feature_extractor(splits, cache_dir: Path, inception: str | Path | None = No
     if inception:
         return InceptionFeatures(inception), INCEPTION_METRIC
     if splits.name == "celeba":
-        raise ValueError("CelebA has no class labels to train the offline feature classifier on: pass "
+        raise ConfigError("CelebA has no class labels to train the offline feature classifier on: pass "
                          "--inception inception-2015-12-05.pt for Inception FID")
     net = feature_net(splits, cache_dir, log=log)
     return (lambda images: net.features(to_unit(images))), CLASSIFIER_METRIC

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
+from .checkpoint import RUN_FORMAT, RunError, load_checkpoint, read_run, start_run, write_json
 from .data.images import load_images
 from .density import ExPostDensity, make_density
 from .models.family import family
@@ -34,9 +34,7 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     out = Path(out)
     train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
                                  grad_clip=0.0, amp=torch.cuda.is_available(), recon_rows=0)
-    if not resume and (out / "run.json").is_file():
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    meta = read_json(out / "run.json") if resume and (out / "run.json").is_file() else None
+    meta = start_run(out, resume)
     splits = load_images(dataset, path=data, seed=train.seed, cache_dir=cache_dir)
     if meta is not None:
         limit = meta.get("limit")
@@ -75,17 +73,12 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
 
 
 def load_image_run(run_dir, device="cpu"):
-    run_dir = Path(run_dir)
-    meta = read_json(run_dir / "run.json")
-    if meta.get("format") != RUN_FORMAT or meta.get("kind") != "image":
-        raise RunError(f"{run_dir} is not a grammar-rae image run")
+    run_dir, meta = read_run(run_dir, "image")
     try:
         net = ImageAE(ImageAEConfig(**meta["model"]))
-    except (TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{run_dir}/run.json: invalid model description ({e})") from e
-    name = "best" if (run_dir / "checkpoints" / "best.safetensors").is_file() else "last"
-    sums = read_json(run_dir / "checkpoints" / f"{name}.json").get("sha256")
-    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors", sums)
+    load_checkpoint(net, run_dir)
     return net.eval().to(device), meta
 
 
@@ -193,3 +186,18 @@ def save_grid(images: torch.Tensor, path: Path, per_row: int = 8) -> None:
     fig.tight_layout(pad=0.1)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def evaluate_image_runs(run_dirs, out, n: int = 10_000, cache_dir=None, inception=None, log=print) -> str:
+    """:func:`evaluate_image_run` for each run, one table in ``out`` (report.json, report.md); returns the markdown."""
+    reports = {str(r): evaluate_image_run(r, n=n, cache_dir=cache_dir, inception=inception, log=log) for r in run_dirs}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", reports)
+    metric = next(iter(reports.values()))["metric"]
+    lines = [f"{metric}, lower is better.", "", "| run | model | REC | N | GMM | Interp |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r} | {m['model']} | {m['rec']:.3f} | {m['n']:.3f} | {m['gmm']:.3f} | {m['interp']:.3f} |"
+              for r, m in reports.items()]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return text

@@ -37,6 +37,33 @@ def canonical(strings: Iterable[str | None], molecules: bool) -> list[str | None
     return [canonical_smiles(s) for s in strings] if molecules else [s or None for s in strings]
 
 
+class HashedStrings:
+    """A set of strings kept as 64-bit hashes (blake2b): membership only, a fraction of the memory,
+    and shippable (a pretrained run's canonical training SMILES for novelty)."""
+
+    def __init__(self, hashes):
+        self.hashes = set(int(h) for h in hashes)
+
+    @staticmethod
+    def hash(s: str) -> int:
+        import hashlib
+
+        return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little", signed=True)
+
+    @classmethod
+    def of(cls, strings) -> "HashedStrings":
+        return cls(cls.hash(s) for s in strings)
+
+    def __contains__(self, s) -> bool:
+        return s is not None and self.hash(s) in self.hashes
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+
 def generation_metrics(strings: Sequence[str | None], molecules: bool, training: Iterable[str] = (),
                        training_canonical: set[str] | None = None) -> dict:
     """validity, uniqueness and novelty of decoded strings (None = not grammar-complete).
@@ -55,7 +82,7 @@ def generation_metrics(strings: Sequence[str | None], molecules: bool, training:
     out = {"n": n, "grammar_complete": complete / n if n else 0.0, "validity": len(valid) / n if n else 0.0,
            "uniqueness": len(distinct) / len(valid) if valid else 0.0}
     if train:
-        out["novelty"] = len(distinct - train) / len(distinct) if distinct else 0.0
+        out["novelty"] = sum(d not in train for d in distinct) / len(distinct) if distinct else 0.0
     return out
 
 

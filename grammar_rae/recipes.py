@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .errors import ConfigError
 from .train import TrainConfig
 
 
@@ -56,7 +57,7 @@ def recipe(grammar: str, arch: str = "teacher-forced", device: str = "cpu") -> R
     for key in ((base, arch, kind), (base, arch, "any")):
         if key in RECIPES:
             return RECIPES[key]
-    raise ValueError(f"no recipe for the {arch!r} architecture")
+    raise ConfigError(f"no recipe for the {arch!r} architecture")
 
 
 def train_config(grammar: str, arch: str = "teacher-forced", device: str = "auto", **given) -> TrainConfig:

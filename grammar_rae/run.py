@@ -8,15 +8,16 @@ A run directory is self-contained: ``run.json`` (configs, data provenance, split
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import RUN_FORMAT, RunError, load_model_state, read_json, write_json
+from .checkpoint import RUN_FORMAT, RunError, load_checkpoint, read_json, read_run, start_run, write_json
 from .data.shipped import resolve_source
 from .density import DensityError, ExPostDensity, make_density
+from .errors import ConfigError
 from .grammar import Grammar, GrammarError, load_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
 from .train import Trainer, TrainConfig, distributed, resolve_device
@@ -37,7 +38,7 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
     elif test == "random":
         test_idx = np.sort(np.random.default_rng(seed + 1).choice(n, size=test_rows, replace=False))
     else:
-        raise ValueError(f"test split must be 'first' or 'random', not {test!r}")
+        raise ConfigError(f"test split must be 'first' or 'random', not {test!r}")
     rest = rng.permutation(np.setdiff1d(np.arange(n), test_idx))
     n_val = max(1, int(round(len(rest) * val_fraction)))
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test_idx
@@ -62,6 +63,55 @@ def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_
     return prepare_dataset(grammar, data, cache_dir=cache_dir, progress=progress)
 
 
+@dataclass
+class _Plan:
+    """What a `train` call will do: a new run, or the continuation of the one in ``out``."""
+    grammar: str
+    model: str
+    data: object
+    limit: int | None
+    train: TrainConfig
+    meta: dict | None          # run.json of the run being continued
+    overrides: dict
+
+    @property
+    def continuing(self) -> bool:
+        return self.meta is not None
+
+
+def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides, cache_dir) -> _Plan:
+    from .recipes import recipe, train_config
+
+    chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
+    train = train or train_config(grammar, arch)
+    meta = start_run(out, resume)
+    if meta is None:
+        return _Plan(grammar, model, data, limit, train, None, {**chosen.model, **overrides})
+    # the model and optimiser settings are the run's; how and how long to run this time are the caller's
+    return _Plan(meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"]),
+                 resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir), meta["data"]["limit"],
+                 TrainConfig(**{**meta["train"], "epochs": train.epochs, "device": train.device, "amp": train.amp,
+                                "max_minutes": train.max_minutes, "threads": train.threads}), meta, {})
+
+
+def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progress, cache_dir):
+    """The prepared dataset and its train/validation/test rows (a resumed run keeps its own)."""
+    ds = default_dataset(g, plan.data, out, cache_dir=cache_dir, progress=progress, limit=plan.limit)
+    n = len(ds) if plan.limit is None else min(plan.limit, len(ds))
+    if n < MIN_ROWS:
+        what = f"{len(ds)} parseable rows" + (f" ({len(ds.skipped)} lines skipped)" if ds.skipped else "")
+        limit = f", --limit {plan.limit}" if plan.limit is not None else ""
+        raise RunError(f"{ds.source} has {what}{limit}: too few to train on (at least {MIN_ROWS} are needed, "
+                       "for training, validation and test rows)")
+    if plan.continuing and (out / "split.npz").is_file():
+        tr, va, te = load_split(out, plan.meta)
+        test_split = plan.meta["data"].get("test_split", "first")
+    else:
+        test_split = test_split or ("first" if base_name == "smiles" else "random")
+        tr, va, te = split_rows(n, plan.train.seed, test=test_split)
+    return ds, n, (tr, va, te), test_split
+
+
 def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
               train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
               cache_dir=None, test_split: str | None = None, arch: str = "teacher-forced",
@@ -74,80 +124,60 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory.
     ``init_from``: a run directory or shipped NAME whose network (configuration and best weights) a
     new run starts from -- to continue training a shipped model, or to fine-tune it on other data."""
-    from .recipes import recipe, train_config
-
     out = Path(out)
-    chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
-    model_overrides = {**chosen.model, **model_overrides}
-    train = train or train_config(grammar, arch)
-    existing = (out / "run.json").is_file()
-    if existing and not resume:
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    continuing = existing and resume
-    if continuing:
-        meta = read_json(out / "run.json")
-        if meta.get("format") != RUN_FORMAT:
-            raise RunError(f"{out}/run.json is not a grammar-rae run")
-        grammar, model = meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"])
-        limit = meta["data"]["limit"]
-        data = resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir)
-        # the model and optimiser settings are the run's; how and how long to run this time are the caller's
-        train = TrainConfig(**{**meta["train"], "epochs": train.epochs, "device": train.device, "amp": train.amp,
-                               "max_minutes": train.max_minutes, "threads": train.threads})
-    base = load_grammar(grammar)
+    plan = _plan(out, grammar, model, data, limit, train, resume, arch, model_overrides, cache_dir)
+    base = load_grammar(plan.grammar)
     # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
-    g, family = (base.character_grammar, "vae") if model == "cvae" else (base, model)
-    ds = default_dataset(g, data, out, cache_dir=cache_dir, progress=progress, limit=limit)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    if n < MIN_ROWS:
-        what = f"{len(ds)} parseable rows" + (f" ({len(ds.skipped)} lines skipped)" if ds.skipped else "")
-        raise RunError(f"{ds.source} has {what}{f', --limit {limit}' if limit is not None else ''}: too few to "
-                       f"train on (at least {MIN_ROWS} are needed, for training, validation and test rows)")
-    if continuing and (out / "split.npz").is_file():
-        with np.load(out / "split.npz", allow_pickle=False) as f:
-            tr, va, te = f["train"], f["val"], f["test"]
-        test_split = meta["data"].get("test_split", "first")
-    else:
-        test_split = test_split or ("first" if base.name == "smiles" else "random")
-        tr, va, te = split_rows(n, train.seed, test=test_split)
+    g, family = (base.character_grammar, "vae") if plan.model == "cvae" else (base, plan.model)
+    ds, n, (tr, va, te), test_split = _rows(plan, g, base.name, out, test_split, progress, cache_dir)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
-    train_rules, val_rules = padded_rules(ds, max_length, tr), padded_rules(ds, max_length, va)
-    start = None
-    if continuing:
-        config = GrammarAEConfig.from_dict(meta["model"])
-    elif init_from is not None:
-        start, start_meta = load_run(init_from)
-        if start_meta["grammar_sha256"] != g.sha256:
+    start = load_run(init_from)[0] if init_from is not None and not plan.continuing else None
+    if plan.continuing:
+        config = GrammarAEConfig.from_dict(plan.meta["model"])
+    elif start is not None:
+        if start.grammar.sha256 != g.sha256:
             raise RunError(f"{init_from} was trained with another grammar than {g.name}; it cannot start this run")
         config = start.config
         config.max_length = max(config.max_length, max_length)
     else:
-        config = GrammarAEConfig.for_grammar(base.name, max_length, family, arch=arch, **model_overrides)
+        config = GrammarAEConfig.for_grammar(base.name, max_length, family, arch=arch, **plan.overrides)
     rank, _ = distributed()
-    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_run_files(out, g, tr, va, te, {
-            "format": RUN_FORMAT, "label": model, "grammar": g.name, "grammar_sha256": g.sha256,
-            "base_grammar": base.name, "model": config.to_dict(), "train": asdict(train),
-            **({"init_from": str(init_from)} if init_from is not None else {}),
-            "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": limit, "rows": n,
+            "format": RUN_FORMAT, "label": plan.model, "grammar": g.name, "grammar_sha256": g.sha256,
+            "base_grammar": base.name, "model": config.to_dict(), "train": asdict(plan.train),
+            **({"init_from": str(init_from)} if start is not None else {}),
+            "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": plan.limit, "rows": n,
                      "train": len(tr), "val": len(va), "test": len(te), "test_split": test_split},
         })
-    torch.manual_seed(train.seed)
+    torch.manual_seed(plan.train.seed)
     net = GrammarAE(config, g)
     if start is not None:
         net.load_state_dict(start.state_dict())
         log(f"starting from the weights of {init_from}")
-    log(f"{model} ({config.arch} architecture) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
-        f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(train.device)}")
-    trainer = Trainer(net, train_rules, val_rules, train, out, progress=progress, log=log)
+    log(f"{plan.model} ({config.arch} architecture) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
+        f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(plan.train.device)}")
+    train_rules = padded_rules(ds, max_length, tr)
+    trainer = Trainer(net, train_rules, padded_rules(ds, max_length, va), plan.train, out, progress=progress, log=log)
     trainer.fit(resume=resume)
     if rank != 0:
         return out
     plot_history(trainer.history, out / "loss.png")
-    net, _ = load_run(out)
-    fit_densities(net, train_rules, out, device=trainer.device)
+    fit_densities(load_run(out)[0], train_rules, out, device=trainer.device, log=log)
     return out
+
+
+def load_split(run_dir: Path, meta: dict):
+    """(train, val, test) row indices of a run, checked against the sha256 run.json recorded."""
+    from .checkpoint import verify_files
+
+    if "split_sha256" in meta:
+        verify_files(run_dir, {"split.npz": meta["split_sha256"]})
+    try:
+        with np.load(run_dir / "split.npz", allow_pickle=False) as f:
+            return f["train"], f["val"], f["test"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise RunError(f"{run_dir}/split.npz is not a readable split ({e})") from e
 
 
 def padded_rules(ds, length: int, rows) -> torch.Tensor:
@@ -161,13 +191,15 @@ def padded_rules(ds, length: int, rows) -> torch.Tensor:
 
 
 def write_run_files(out: Path, g: Grammar, tr, va, te, meta: dict) -> None:
-    from .io import atomic_target
+    """grammar.cfg, split.npz, then run.json (with the split's sha256): the commit."""
+    from .checkpoint import file_sha256
+    from .io import atomic_target, atomic_write_bytes
 
-    (out / "grammar.cfg").write_text(g.text, encoding="utf-8")
+    atomic_write_bytes(out / "grammar.cfg", g.text.encode("utf-8"))
     with atomic_target(out / "split.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, train=tr, val=va, test=te)
-    write_json(out / "run.json", meta)
+    write_json(out / "run.json", {**meta, "split_sha256": file_sha256(out / "split.npz")})
 
 
 @torch.no_grad()
@@ -177,11 +209,20 @@ def encode_rules(net: GrammarAE, rules: torch.Tensor, batch: int = 2000, device=
                       for i in range(0, len(rules), batch)]).numpy()
 
 
-def fit_densities(net: GrammarAE, train_rules: torch.Tensor, out: Path, device="cpu", k: int = 10):
-    """Gaussian and GMM(k) on the training codes (RAE paper's N and GMM columns), saved in density/."""
+def fit_densities(net: GrammarAE, train_rules: torch.Tensor, out: Path, device="cpu", k: int = 10,
+                  gmm_codes: int = 50_000, log=print):
+    """Gaussian and GMM(k) on the training codes (RAE paper's N and GMM columns), saved in density/.
+    The Gaussian sees every code; the GMM a seeded sample of ``gmm_codes`` of them (EM on all 220k ZINC
+    codes took over 25 minutes of CPU here, and 50,000 codes pin down ten 56-d components well)."""
+    from .io import remove_stale_temporaries
+
+    remove_stale_temporaries(out / "density")
     z = encode_rules(net, train_rules, device=device)
-    for kind in ("gaussian", "gmm"):
-        make_density(kind, k=min(k, len(z))).fit(z).save(out / "density" / kind)
+    make_density("gaussian").fit(z).save(out / "density" / "gaussian")
+    if len(z) > gmm_codes:
+        log(f"fitting the GMM on {gmm_codes:,} of the {len(z):,} training codes (seeded sample)")
+        z = z[np.sort(np.random.default_rng(0).choice(len(z), gmm_codes, replace=False))]
+    make_density("gmm", k=min(k, len(z))).fit(z).save(out / "density" / "gmm")
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -208,26 +249,18 @@ def plot_history(history: list[dict], path: Path) -> None:
 def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
     """The trained model of a run directory (or a shipped pretrained NAME), with clear errors for
     anything damaged or foreign."""
-    from .pretrained import resolve_run
-
-    run_dir = resolve_run(run_dir)
-    meta = read_json(run_dir / "run.json")
-    if meta.get("format") != RUN_FORMAT:
-        raise RunError(f"{run_dir}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
+    run_dir, meta = read_run(run_dir, "grammar")
     try:
         text = (run_dir / "grammar.cfg").read_text(encoding="utf-8")
         if hashlib.sha256(text.encode()).hexdigest() != meta["grammar_sha256"]:
             raise RunError(f"{run_dir}/grammar.cfg differs from the grammar this run was trained with")
         g = Grammar(text, name=meta["grammar"], path=str(run_dir / "grammar.cfg"))
-        config = GrammarAEConfig.from_dict(meta["model"])
-        net = GrammarAE(config, g)
-    except (OSError, KeyError, TypeError, ValueError, GrammarError) as e:
+        net = GrammarAE(GrammarAEConfig.from_dict(meta["model"]), g)
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, GrammarError) as e:
         if isinstance(e, RunError):
             raise
         raise RunError(f"{run_dir}: run description is incomplete or invalid ({e})") from e
-    name = which if (run_dir / "checkpoints" / f"{which}.safetensors").is_file() else "last"
-    sums = read_json(run_dir / "checkpoints" / f"{name}.json").get("sha256")
-    load_model_state(net, run_dir / "checkpoints" / f"{name}.safetensors", sums)
+    load_checkpoint(net, run_dir, which)
     return net.eval().to(device), meta
 
 
@@ -286,7 +319,14 @@ def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, t
     """Strings decoded from codes ``z [n, d]`` (None where the derivation does not complete)."""
     dev = resolve_device(device)
     net, _ = load_run(run_dir, device=dev)
-    z = np.asarray(z, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != net.config.latent_dim:
-        raise RunError(f"codes must have shape [n, {net.config.latent_dim}] for this run, got {z.shape}")
-    return decode_strings(net, z, stochastic, temperature, seed, batch)
+    from .io import check_codes
+
+    return decode_strings(net, check_codes(z, net.config.latent_dim), stochastic, temperature, seed, batch)
+
+
+def reconstruct_strings(run_dir: str | Path, strings, device="auto"):
+    """Encode each string and decode it by argmax: ``(rows, errors)`` with rows ``(input, decode or
+    "", exact match)`` for the strings the grammar parses, errors as :func:`encode_strings` gives them."""
+    z, keep, errors = encode_strings(run_dir, strings, device=device)
+    back = decode_codes(run_dir, z, device=device) if len(keep) else []
+    return [(strings[i], b or "", strings[i] == b) for i, b in zip(keep, back)], errors

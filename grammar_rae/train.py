@@ -22,6 +22,7 @@ import torch
 
 from .checkpoint import (RunError, load_legacy_state, load_model_state, load_state, read_json, save_state,
                          save_weights, write_json)
+from .errors import UserError
 
 
 @dataclass
@@ -54,7 +55,7 @@ def cpu_has_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RuntimeError, UserError):
     pass
 
 
@@ -141,6 +142,9 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from ``checkpoints/last``; False if the run has no checkpoint yet."""
+        from .io import remove_stale_temporaries
+
+        remove_stale_temporaries(self.ckpt)  # what a kill during a checkpoint write left behind
         if not (self.ckpt / "last.json").is_file():
             return False
         meta = read_json(self.ckpt / "last.json")

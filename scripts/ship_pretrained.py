@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from grammar_rae.checkpoint import load_weights, read_json, save_weights, write_json
+from grammar_rae.checkpoint import file_sha256, load_weights, read_json, save_weights, write_json
 from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.data.shipped import SHIPPED, resolve_source
 from grammar_rae.pretrained import ROOT
-from grammar_rae.run import fit_densities, load_run, padded_rules
+from grammar_rae.run import fit_densities, load_run, load_split, padded_rules
 
 
 def main():
@@ -47,10 +47,11 @@ def main():
         "wall_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
         "weights": "fp16 copy of the best-validation checkpoint", "summary": args.summary,
     }
-    write_json(tmp / "run.json", meta)
     shutil.copyfile(run / "grammar.cfg", tmp / "grammar.cfg")
     with np.load(run / "split.npz", allow_pickle=False) as f:  # compressed: sorted indices pack well
         np.savez_compressed(tmp / "split.npz", **{k: f[k].astype(np.int32) for k in f.files})
+    meta["split_sha256"] = file_sha256(tmp / "split.npz")
+    write_json(tmp / "run.json", meta)
     sums = save_weights(tmp / "checkpoints" / "best.safetensors",
                         load_weights(run / "checkpoints" / "best.safetensors"), half=True)
     write_json(tmp / "checkpoints" / "best.json", {**best, "sha256": sums})
@@ -60,9 +61,20 @@ def main():
     else:
         net, _ = load_run(tmp)
         ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"]), quiet=True)
-        with np.load(tmp / "split.npz", allow_pickle=False) as f:
-            train_rows = f["train"]
+        train_rows = load_split(tmp, meta)[0]
         fit_densities(net, padded_rules(ds, net.config.max_length, train_rows), tmp)
+    if meta.get("base_grammar", meta["grammar"]) == "smiles":  # novelty without canonicalising 220k molecules
+        import rdkit
+
+        from grammar_rae.metrics import HashedStrings, canonical
+
+        net, _ = load_run(tmp)
+        ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"]), quiet=True)
+        train = [ds.strings[i] for i in load_split(tmp, meta)[0]]
+        hashes = sorted(HashedStrings.of(set(canonical(train, True)) - {None}).hashes)
+        np.savez_compressed(tmp / "novelty.npz", hashes=np.array(hashes, dtype=np.int64))
+        meta["novelty"] = {"rdkit": rdkit.__version__, "sha256": file_sha256(tmp / "novelty.npz")}
+        write_json(tmp / "run.json", meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     for f in sorted(out.rglob("*")):

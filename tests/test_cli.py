@@ -11,12 +11,31 @@ def run(*args):
     return result
 
 
-def test_help_everywhere():
-    for args in [[], ["grammar"], ["grammar", "show"], ["data"], ["data", "prepare"], ["data", "download"],
-                 ["data", "generate-expressions"], ["demo"], ["train"], ["sample"], ["evaluate"], ["encode"],
-                 ["decode"], ["reconstruct"], ["optimize"]]:
-        r = run(*args, "--help")
-        assert r.exit_code == 0 and "Usage:" in r.output
+def all_commands(group=main, path=()):
+    import click
+
+    yield path, group
+    if isinstance(group, click.Group):
+        for name, cmd in group.commands.items():
+            yield from all_commands(cmd, path + (name,))
+
+
+def test_help_everywhere_explains_every_option():
+    """Every command and group (images and pretrained included) answers --help with its own
+    description and a help text for each of its options."""
+    seen = set()
+    for path, cmd in all_commands():
+        r = run(*path, "--help")
+        assert r.exit_code == 0, (path, r.output)
+        summary = (cmd.help or "").strip().splitlines()[0]
+        assert summary and summary[:40] in " ".join(r.output.split()), (path, summary)
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.name not in ("help", "version"):
+                assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+                assert param.opts[-1] in r.output, (path, param.opts)
+        seen.add(path)
+    assert {("images", "train"), ("images", "evaluate"), ("pretrained", "list"), ("train",), ("demo",),
+            ("optimize",), ("data", "prepare")} <= seen
 
 
 def test_grammar_show(tmp_path):
@@ -47,10 +66,22 @@ def test_data_prepare_reports_bad_lines(tmp_path):
     assert r.exit_code != 0 and "no such input file" in r.output
 
 
-def test_generate_and_demo(tmp_path):
+def test_generate_expressions(tmp_path):
     out = tmp_path / "e.txt"
     r = run("data", "generate-expressions", "--n", "50", "--seed", "4", "--out", str(out))
     assert r.exit_code == 0 and len(out.read_text().splitlines()) == 50
-    r = run("demo", "--out", str(tmp_path / "demo"), "--n", "400", "--epochs", "1")
-    assert r.exit_code == 0 and "400/400 round trips exact" in r.output
-    assert (tmp_path / "demo" / "rae-l2" / "eval" / "report.md").is_file()
+    assert len(set(out.read_text().splitlines())) == 50
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "s.txt")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("Error: ")
+    assert "neither a run directory nor a shipped pretrained model" in r.output
+    import grammar_rae.run
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(grammar_rae.run, "sample_run", bug)
+    r = CliRunner().invoke(main, ["sample", "--run", "x", "--out", str(tmp_path / "s.txt")])
+    assert isinstance(r.exception, ZeroDivisionError)  # not swallowed into a one-line message

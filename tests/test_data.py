@@ -120,7 +120,7 @@ def test_expression_generation_is_seeded_valid_and_bounded(expr):
     lengths = [len(expr.parse(s)) for s in a]
     assert max(lengths) <= 15 and min(lengths) >= 2
     assert min_derivation_lengths(expr).tolist()[:2] == [2, 1]  # S -> T -> 'x'
-    with pytest.raises(RuntimeError, match="distinct"):
+    with pytest.raises(ValueError, match="distinct"):
         generate_expressions(100, max_length=2)  # only 7 strings have 2-rule derivations
 
 

@@ -27,5 +27,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path, extra, epochs, port):
     last = json.loads((out / "checkpoints" / "last.json").read_text())
     assert [h["epoch"] for h in last["history"]] == epochs
     assert r.stdout.count(f"epoch {epochs[-1]}:") == 1  # only rank 0 logs
-    # each rank took half of the training rows: 324 // 2 = 162 rows, batches of 50 -> 4 steps
+    # 324 training rows in batches of 50 -> 7 batches, 6 shared out (an even number, or DDP would hang):
+    # 3 steps per rank per epoch, each rank on its own batches
+    assert [h["step"] for h in last["history"]] == [3 * e for e in epochs]
     assert (out / "density" / "gmm.json").is_file()

@@ -126,6 +126,11 @@ def test_c_and_python_drivers_agree_on_expressions(expr):
 
 def test_c_driver_is_built(smiles):
     # The install builds it; the pure-Python driver is only a fallback for machines without a compiler.
+    import shutil
+    import sysconfig
+
+    if not shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc"):
+        pytest.skip("no C compiler on this machine: the pure-Python parser is used (README: C compiler optional)")
     assert smiles.parser.accelerated
 
 

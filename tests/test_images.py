@@ -28,13 +28,21 @@ def test_mnist_reader_and_split(tmp_path):
     assert len(d.train) == 54000 and len(d.val) == 6000 and len(d.test) == 10000
     tr, va = set(d.rows["train"].tolist()), set(d.rows["val"].tolist())
     assert not (tr & va) and len(tr | va) == 60000  # validation is never drawn from training rows
-    bad = tmp_path / "bad.gz"
+
+
+def test_a_file_that_is_not_unsigned_byte_idx_is_refused(tmp_path):
     import gzip
 
+    bad = tmp_path / "bad.gz"
     with gzip.open(bad, "wb") as f:
-        f.write(b"\x00\x00\x0c\x01junk")
+        f.write(b"\x00\x00\x0c\x01junk")  # type 0x0c: int32, not the unsigned bytes MNIST holds
     with pytest.raises(ValueError, match="IDX"):
         read_idx(bad)
+    short = tmp_path / "short.gz"
+    with gzip.open(short, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 10)
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(short)
 
 
 @pytest.mark.parametrize("model", IMAGE_MODELS)

@@ -38,9 +38,27 @@ def test_expression_score_by_hand():
     x = np.linspace(-10, 10, 1000)
     y = 1 / 3 + x + np.sin(x * x)
     assert obj(["x"])[0] == pytest.approx(math.log1p(np.mean(np.minimum((x - y) ** 2, 1000))))
-    big = obj(["exp( x * x * x )"])[0]  # exp(1000) overflows to inf: the invalid score
-    assert big == pytest.approx(EXPR_INVALID)
-    assert (obj([None, "sin(", "x / ( x - x )"]) == EXPR_INVALID).all()
+    # exp(1000) overflows to inf: capped at 1000 at those points, as the GrammarVAE's run_bo.py does
+    with np.errstate(over="ignore"):
+        capped = np.minimum((np.exp(x ** 3) - y) ** 2, 1000)
+    assert obj(["exp( x * x * x )"])[0] == pytest.approx(math.log1p(capped.mean())) and obj.valid(["exp( x * x * x )"])[0]
+    bad = [None, "sin(", "x - x"]  # no decode, incomplete (raises SyntaxError), not the grammar's
+    assert (obj(bad) == EXPR_INVALID).all() and not obj.valid(bad).any()
+    gvae = get_objective("expr", scoring="gvae")
+    assert not gvae.valid(["1 / ( 1 / 2 )"])[0] and gvae(["1 / ( 1 / 2 )"])[0] == EXPR_INVALID  # 1 / 0 raises
+
+
+def test_gvae_scoring_divides_integers_as_python_2_did():
+    ours, gvae = get_objective("expr"), get_objective("expr", scoring="gvae")
+    target = "1 / 3 + x + sin( x * x )"
+    assert ours([target])[0] == pytest.approx(0.0, abs=1e-12)
+    assert gvae([target])[0] == pytest.approx(math.log1p(1 / 9))  # the GVAE paper's top score, 0.10
+    x = np.linspace(-10, 10, 1000)
+    y = 1 / 3 + x + np.sin(x * x)
+    # ( 1 + 2 ) / 2 is 1 under integer division; 2 / x stays a float division
+    assert gvae(["( 1 + 2 ) / 2 * x"])[0] == pytest.approx(math.log1p(np.mean(np.minimum((x - y) ** 2, 1000))))
+    assert gvae(["2 / x"])[0] == pytest.approx(ours(["2 / x"])[0])
+    assert gvae.key != ours.key  # BO caches tell the two apart
 
 
 def test_other_targets_and_custom_objectives():

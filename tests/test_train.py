@@ -221,11 +221,15 @@ def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_pat
     assert {"argmax", "val_argmax"} <= set(report["reconstruction"])
     assert all(0 <= v <= 1 for v in report["reconstruction"].values())
     from grammar_rae import load_grammar
+    from grammar_rae.evaluate import in_language
 
     expr = load_grammar("expr")
-    for s in (run / "eval" / "samples_gmm.txt").read_text().splitlines():
-        if s:
-            expr.parse(s)  # every string counted valid is in the expression language
+    lines = (run / "eval" / "samples_gmm.txt").read_text().splitlines()
+    assert len(lines) == 50 and report["samples"]["gmm"]["validity"] == sum(map(bool, lines)) / 50
+    assert all(expr.parse(s) for s in lines if s)  # every string counted valid is in the expression language
+    # what a character decoder can emit that the real grammar refuses is not counted
+    assert in_language(["x + 1", "x + + 1", None, ") x (", "sin( x )"], expr) == ["x + 1", None, None, None,
+                                                                                 "sin( x )"]
 
 
 def test_encode_decode_reconstruct_commands(tmp_path, expr_file):

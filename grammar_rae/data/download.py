@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_target
 from .parsed import cache_root, file_sha256
 
@@ -47,7 +48,7 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
 }
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(RuntimeError, UserError):
     pass
 
 
@@ -96,7 +97,7 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
     and moved into place atomically. Files already cached and verified are not fetched again.
     """
     if dataset not in DATASETS:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+        raise ChecksumError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     out = dataset_dir(dataset, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     for remote in DATASETS[dataset]:
@@ -125,7 +126,7 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
             except (OSError, ChecksumError) as e:
                 errors.append(f"{url}: {e}")
         else:
-            raise RuntimeError(f"could not download {remote.name}:\n  " + "\n  ".join(errors)
+            raise ChecksumError(f"could not download {remote.name}:\n  " + "\n  ".join(errors)
                                + f"\nDownload it by hand and pass --path, or place it in {out}")
         if remote.extract:
             _extract(target, remote.extract)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..grammar import Grammar, load_grammar
 
 
@@ -44,7 +45,7 @@ def sample_derivation(grammar: Grammar, rng: np.random.Generator, max_length: in
     stack = [grammar.start_index]
     open_cost = float(min_len[grammar.start_index])
     if open_cost > max_length:
-        raise ValueError(f"{grammar.name}: no derivation fits in {max_length} rules")
+        raise ConfigError(f"{grammar.name}: no derivation fits in {max_length} rules")
     out: list[int] = []
     while stack:
         lhs = stack.pop()
@@ -71,7 +72,7 @@ def generate_expressions(n: int, seed: int = 0, max_length: int = 15, grammar: G
     while len(out) < n:
         tries += 1
         if tries > limit:
-            raise RuntimeError(f"only {len(out)} distinct strings after {limit} draws; "
+            raise ConfigError(f"only {len(out)} distinct strings after {limit} draws; "
                                f"the grammar may not have {n} strings within {max_length} rules")
         s = g.derive(sample_derivation(g, rng, max_length, min_len))
         if unique:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .parsed import DataFormatError
+
 
 @dataclass
 class ImageSplits:
@@ -59,12 +61,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataFormatError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).copy()  # writable, for torch
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims}, file holds {arr.size} bytes")
+        raise DataFormatError(f"{path}: header says {dims}, file holds {arr.size} bytes")
     return arr.reshape(dims)
 
 
@@ -94,18 +96,18 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.suffix == ".bin":
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size % 3073:
-            raise ValueError(f"{path} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
+            raise DataFormatError(f"{path} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
         raw = raw.reshape(-1, 3073)
         return raw[:, 1:].reshape(-1, 3, 32, 32).copy(), raw[:, 0].astype(np.int64)
     with open(path, "rb") as f:
         try:
             d = _ArraysOnly(f, encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch ({e})") from e
+            raise DataFormatError(f"{path} is not a CIFAR-10 python batch ({e})") from e
     try:
         return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"], np.int64)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch ({e})") from e
+        raise DataFormatError(f"{path} is not a CIFAR-10 python batch ({e})") from e
 
 
 def _read_cifar(folder: Path):
@@ -200,7 +202,7 @@ def load_images(name: str, path: str | Path | None = None, seed: int = 0, val_fr
             tr, va, te = _split(len(x), seed, val_fraction, pooled_test=True)
         parts = {"train": (x[tr], y[tr], tr), "val": (x[va], y[va], va), "test": (x[te], y[te], te)}
     else:
-        raise ValueError(f"unknown image dataset {name!r} (digits, mnist, cifar10, celeba)")
+        raise DataFormatError(f"unknown image dataset {name!r} (digits, mnist, cifar10, celeba)")
     x = {k: torch.from_numpy(np.ascontiguousarray(v[0])) for k, v in parts.items()}
     labels = {k: torch.from_numpy(v[1].astype(np.int64)) for k, v in parts.items()}
     return ImageSplits(name, x["train"], x["val"], x["test"], labels, {k: v[2] for k, v in parts.items()})

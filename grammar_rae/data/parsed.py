@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import UserError
 from ..grammar import Grammar, load_grammar
 from ..io import _umask
 
@@ -45,7 +46,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class DataFormatError(ValueError):
+class DataFormatError(ValueError, UserError):
     """An input file cannot be read as the format asked for."""
 
 
@@ -188,6 +189,8 @@ def prepare_dataset(grammar: Grammar | str, path: str | Path, column: str | None
     """
     grammar = load_grammar(grammar)
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such input file: {path}")
     source_sha = file_sha256(path)
     where = _cache_dir_for(grammar, source_sha, column, cache_root(cache_dir))
     if use_cache and (where / "meta.json").is_file():

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_target
 from .parsed import cache_root, file_sha256
 
@@ -37,7 +38,7 @@ SHIPPED = {d.name: d for d in (
 )}
 
 
-class ShippedDataError(RuntimeError):
+class ShippedDataError(RuntimeError, UserError):
     pass
 
 

@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from ..errors import UserError
 
 PADDING_PRODUCTION = "Nothing -> None"
 
 
-class GrammarError(ValueError):
+class GrammarError(ValueError, UserError):
     """The grammar file itself is malformed."""
 
 
-class ParseError(ValueError):
+class ParseError(ValueError, UserError):
     """A string is not in the language of the grammar.
 
     ``position`` is the character offset where parsing could go no further and ``reason``
@@ -92,6 +93,55 @@ def _load_cached(path: str, mtime: int) -> "Grammar":
     return _CACHE[key]
 
 
+def _validate(name: str, prods: list, start) -> None:
+    """Refuse grammars a decoder cannot use, saying which rule or symbol is at fault: an empty
+    right-hand side, a start symbol without rules, a non-terminal that derives no string (all its
+    rules lead to symbols without rules: GVAE SMILES' `class` is tolerated because `BACH` has other
+    rules), and a non-terminal the start symbol never reaches."""
+    import nltk
+
+    real = [p for p in prods if str(p) != PADDING_PRODUCTION]
+    for i, p in enumerate(real):
+        if not p.rhs():
+            raise GrammarError(f"{name}: rule {i} ({p.lhs()} -> nothing) has an empty right-hand side; a "
+                               "grammar decoder needs every rule to produce something: fold the empty "
+                               "alternative into the rules that use it")
+    lhs = {p.lhs() for p in real}
+    if start not in lhs:
+        raise GrammarError(f"{name}: the start symbol {start} has no rules")
+    productive: set = set()
+    changed = True
+    while changed:  # fixed point: a symbol is productive if some rule of it has only productive non-terminals
+        changed = False
+        for p in real:
+            if p.lhs() not in productive and all(not isinstance(s, nltk.Nonterminal) or s in productive
+                                                 for s in p.rhs()):
+                productive.add(p.lhs())
+                changed = True
+    dead = sorted(str(x) for x in lhs - productive)
+    if dead:
+        undefined = sorted({str(s) for p in real for s in p.rhs() if isinstance(s, nltk.Nonterminal)} -
+                           {str(x) for x in lhs})
+        raise GrammarError(f"{name}: {', '.join(dead)} can never derive a finished string"
+                           + (f" (undefined non-terminals: {', '.join(undefined)})" if undefined else
+                              " (every rule of it leads back to itself)")
+                           + "; give them rules that end in terminals")
+    reached, todo = {start}, [start]
+    while todo:
+        x = todo.pop()
+        for p in real:
+            if p.lhs() == x:
+                for s in p.rhs():
+                    if isinstance(s, nltk.Nonterminal) and s in lhs and s not in reached:
+                        reached.add(s)
+                        todo.append(s)
+    unreachable = sorted(str(x) for x in lhs - reached)
+    if unreachable:
+        raise GrammarError(f"{name}: {', '.join(unreachable)} cannot be reached from the start symbol {start}; "
+                           "remove their rules or use them in a reachable rule (the start symbol is the "
+                           "left-hand side of the first rule)")
+
+
 class Grammar:
     """A CFG with its rule tables, tokenizer, exact parser and derivation.
 
@@ -122,9 +172,10 @@ class Grammar:
         except ValueError as e:
             raise GrammarError(f"{name}: not a valid CFG: {e}") from e
         prods = list(cfg.productions())
+        if str(prods[-1]) != PADDING_PRODUCTION and any(str(p) == PADDING_PRODUCTION for p in prods):
+            raise GrammarError(f"{name}: the padding rule {PADDING_PRODUCTION!r} must be last")
+        _validate(name, prods, cfg.start())
         if str(prods[-1]) != PADDING_PRODUCTION:
-            if any(str(p) == PADDING_PRODUCTION for p in prods):
-                raise GrammarError(f"{name}: the padding rule {PADDING_PRODUCTION!r} must be last")
             prods.append(nltk.Production(nltk.Nonterminal("Nothing"), [nltk.Nonterminal("None")]))
             cfg = nltk.CFG(cfg.start(), prods)
         self.nltk_grammar = cfg

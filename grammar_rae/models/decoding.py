@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..grammar import Grammar
 
 
@@ -129,7 +130,7 @@ def _scores(logits, sample, temperature, generator):
     scores = logits.float()
     if sample:
         if temperature <= 0:
-            raise ValueError("temperature must be > 0 (use sample=False for argmax)")
+            raise ConfigError("temperature must be > 0 (use sample=False for argmax)")
         u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
         scores = scores / temperature - torch.log(-torch.log(u))
     return scores

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -62,4 +64,4 @@ def family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {tuple(FAMILIES)}") from None
+        raise ConfigError(f"unknown model {name!r}; choose from {tuple(FAMILIES)}") from None

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..grammar import Grammar, load_grammar
 from . import regularisers as R
 from .family import GRAMMAR_MODELS, family
@@ -79,17 +80,17 @@ class GrammarAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model settings {sorted(unknown)}")
+            raise ConfigError(f"unknown model settings {sorted(unknown)}")
         return cls(**{"arch": "gvae", **d})
 
     def __post_init__(self):
         f = family(self.model)
         if self.model not in MODELS:
-            raise ValueError(f"{self.model!r} is an image model; grammar models are {MODELS}")
+            raise ConfigError(f"{self.model!r} is an image model; grammar models are {MODELS}")
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+            raise ConfigError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
         if self.decoder not in ("gvae", "autoregressive"):
-            raise ValueError("decoder must be 'gvae' or 'autoregressive'")
+            raise ConfigError("decoder must be 'gvae' or 'autoregressive'")
         self.conv_channels, self.conv_kernels = tuple(self.conv_channels), tuple(self.conv_kernels)
         beta, lam = f.grammar_weights
         self.beta = beta if self.beta is None else self.beta

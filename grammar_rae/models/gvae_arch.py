@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class GVAEEncoder(nn.Module):
     def __init__(self, c, vocab: int, padding_index: int):
@@ -22,7 +24,7 @@ class GVAEEncoder(nn.Module):
             layers += [nn.Conv1d(ch, out, k)] + ([nn.BatchNorm1d(out)] if c.batch_norm else []) + [nn.ReLU()]
             ch, length = out, length - k + 1
         if length < 1:
-            raise ValueError(f"max_length {c.max_length} is too short for kernels {c.conv_kernels}")
+            raise ConfigError(f"max_length {c.max_length} is too short for kernels {c.conv_kernels}")
         self.conv = nn.Sequential(*layers)
         self.dense = nn.Sequential(nn.Linear(ch * length, c.encoder_hidden), nn.ReLU())
         self.mean = nn.Linear(c.encoder_hidden, c.latent_dim)
@@ -58,7 +60,7 @@ class GVAEDecoder(nn.Module):
         h = self.latent_in(z)[:, None, :].expand(-1, steps, -1)
         if self.autoregressive:
             if rules is None:
-                raise ValueError("the autoregressive decoder needs targets in training; use decode() to generate")
+                raise ConfigError("the autoregressive decoder needs targets in training; use decode() to generate")
             rules = rules.long()
             prev = torch.cat([torch.full_like(rules[:, :1], self.vocab), rules[:, :-1]], 1)
             h = torch.cat([h, self.prev_embedding(prev)], -1)

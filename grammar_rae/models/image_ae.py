@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from . import regularisers as R
 from .family import IMAGE_MODELS, family
 
@@ -57,7 +58,7 @@ class ImageAEConfig:
 
     def __post_init__(self):
         if self.model not in IMAGE_MODELS:
-            raise ValueError(f"unknown image model {self.model!r}; choose from {IMAGE_MODELS}")
+            raise ConfigError(f"unknown image model {self.model!r}; choose from {IMAGE_MODELS}")
         beta, lam = PAPER_WEIGHTS.get(self.dataset, PAPER_WEIGHTS["mnist"])[self.model]
         self.beta = beta if self.beta is None else self.beta
         self.lam = lam if self.lam is None else self.lam
@@ -86,7 +87,7 @@ class ImageAE(nn.Module):
             ch = out
         size = c.image_size // 2 ** len(arch["enc_channels"])
         if size < 1:
-            raise ValueError(f"image size {c.image_size} is too small for the {c.backbone} backbone")
+            raise ConfigError(f"image size {c.image_size} is too small for the {c.backbone} backbone")
         self.encoder = nn.Sequential(*layers, nn.Flatten())
         self.to_z = nn.Linear(ch * size * size, c.latent_dim)
         self.to_log_var = nn.Linear(ch * size * size, c.latent_dim) if family(c.model).variational else None

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ConvEncoder(nn.Module):
     def __init__(self, c, vocab: int, padding_index: int):
@@ -28,7 +30,7 @@ class ConvEncoder(nn.Module):
         ch = c.embedding_dim
         for out, k in zip(c.conv_channels, c.conv_kernels):
             if k % 2 == 0:
-                raise ValueError(f"the teacher-forced encoder needs odd kernels ('same' padding), got {k}")
+                raise ConfigError(f"the teacher-forced encoder needs odd kernels ('same' padding), got {k}")
             self.convs.append(nn.Conv1d(ch, out, k, padding=k // 2))
             ch = out
         self.dense = nn.Sequential(nn.Linear(2 * ch, c.encoder_hidden), nn.ReLU())
@@ -73,7 +75,7 @@ class TeacherForcedDecoder(nn.Module):
     def forward(self, z: torch.Tensor, rules: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, T, vocab] for the rule sequences ``rules`` [B, T]."""
         if rules is None:
-            raise ValueError("the teacher-forced decoder needs the target rules in training; "
+            raise ConfigError("the teacher-forced decoder needs the target rules in training; "
                              "use GrammarAE.decode() to generate")
         rules = rules.long()
         prev = torch.cat([torch.full_like(rules[:, :1], self.vocab), rules[:, :-1]], 1)

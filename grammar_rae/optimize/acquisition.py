@@ -8,6 +8,7 @@ unchanged and the variance near the chosen points shrinks to ~0, so the next poi
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -82,12 +83,37 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
     hi = torch.as_tensor(upper, dtype=torch.float64)
     sign = 1.0 if maximise else -1.0
     f_best = sign * (best - gp.y_mean) / gp.y_std  # in the GP's standardised units, signed
-    frozen = [p.requires_grad for p in gp.parameters()]
-    gp.requires_grad_(False)  # only the query points are optimised
-    try:
+    with frozen(gp):  # only the query points are optimised
         return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
+
+
+def _signed(mean_var, sign):
+    return sign * mean_var[0], mean_var[1]
+
+
+def _ascend(f, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """Points ``x`` moved uphill on ``f`` (each row independently) by Adam, kept inside the box."""
+    x = x.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr * float((hi - lo).mean()))
+    for _ in range(steps):
+        loss = -f(x).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+    return x.detach()
+
+
+@contextmanager
+def frozen(gp: SparseGP):
+    """The GP's parameters without gradients while the acquisition optimises query points."""
+    before = [p.requires_grad for p in gp.parameters()]
+    gp.requires_grad_(False)
+    try:
+        yield gp
     finally:
-        for p, r in zip(gp.parameters(), frozen):
+        for p, r in zip(gp.parameters(), before):
             p.requires_grad_(r)
 
 
@@ -99,16 +125,9 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
         with torch.no_grad():
             mean, var = believed.mean_var(cand)
             ei = expected_improvement(sign * mean, var, f_best)
-        starts = cand[ei.topk(min(n_starts, len(cand))).indices].clone().requires_grad_(True)
-        opt = torch.optim.Adam([starts], lr=lr * float((hi - lo).mean()))
-        for _ in range(steps):
-            mean, var = believed.mean_var(starts)
-            loss = -expected_improvement(sign * mean, var, f_best).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                starts.copy_(torch.maximum(torch.minimum(starts, hi), lo))
+        starts = cand[ei.topk(min(n_starts, len(cand))).indices]
+        starts = _ascend(lambda x: expected_improvement(*_signed(believed.mean_var(x), sign), f_best), starts, lo, hi,
+                         steps, lr)
         with torch.no_grad():
             mean, var = believed.mean_var(starts)
             ei = expected_improvement(sign * mean, var, f_best)
@@ -116,3 +135,24 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
         believed.believe(x)
         chosen.append(x)
     return torch.stack(chosen).numpy()
+
+
+def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray, maximise: bool = True,
+                             seed: int = 0, n_grid: int = 10_000, steps: int = 150, lr: float = 0.05) -> float:
+    """The best GP posterior mean over the box, in the units of y: the EI incumbent of the
+    GrammarVAE's ``batched_greedy_ei`` (a 10,000-point random grid, then a local optimisation from its
+    best point; they run L-BFGS for 150 iterations, here Adam steps clipped to the box)."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.as_tensor(lower, dtype=torch.float64)
+    hi = torch.as_tensor(upper, dtype=torch.float64)
+    sign = 1.0 if maximise else -1.0
+    with frozen(gp):
+        l_mm, s = gp._chol_mm(), gp._s()
+        grid = lo + (hi - lo) * torch.rand(n_grid, len(lo), generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            best_grid = gp.latent(grid, l_mm=l_mm, s=s)[0] * sign
+        x = _ascend(lambda x: sign * gp.latent(x, l_mm=l_mm, s=s)[0], grid[best_grid.argmax()][None], lo, hi,
+                    steps, lr)
+        with torch.no_grad():
+            best = max(float(best_grid.max()), float(sign * gp.latent(x, l_mm=l_mm, s=s)[0]))
+    return sign * best * gp.y_std + gp.y_mean

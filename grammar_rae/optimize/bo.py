@@ -18,31 +18,50 @@ import numpy as np
 import torch
 
 from ..checkpoint import read_json, write_json
+from ..errors import ConfigError
 from ..train import resolve_device
-from .acquisition import batched_greedy_ei
+from .acquisition import batched_greedy_ei, posterior_mean_incumbent
 from .gp import SparseGP
 from .objectives import Objective, get_objective
 
 
-def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print):
-    """Codes and objective scores of every string of the run's data (cached in ``out``)."""
+def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print,
+                             data_rows: int | None = None, cache_dir=None):
+    """Codes and objective scores of the strings of the run's data -- all of them, or a seeded sample
+    of ``data_rows`` -- cached in ``out`` under a key of the run's weights, the objective and the rows,
+    so a retrained run or another objective never reuses stale codes."""
+    import hashlib
+    import json
+
     from ..data.parsed import prepare_dataset
     from ..data.shipped import resolve_source
     from ..run import encode_rules, load_run, padded_rules
 
     net, meta = load_run(run_dir, device=device)
-    cache = out / f"data-{objective.name.replace(':', '_').replace('/', '_')}.npz"
+    weights = read_json(Path(run_dir) / "checkpoints" / "best.json") if (Path(run_dir) / "checkpoints" / "best.json").is_file() \
+        else read_json(Path(run_dir) / "checkpoints" / "last.json")
+    key = hashlib.sha256(json.dumps([weights.get("sha256"), weights.get("epoch"), meta["data"].get("sha256"),
+                                     objective.name, objective.key, data_rows]).encode()).hexdigest()[:16]
+    cache = out / f"data-{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as f:
             return net, f["z"], f["y"], [str(s) for s in f["strings"]]
-    ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"].get("sha256")), quiet=True)
+    ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir),
+                         cache_dir=cache_dir, quiet=True)
     n = meta["data"]["rows"]
-    rules = padded_rules(ds, net.config.max_length, np.arange(n))
-    log(f"encoding {n} strings and scoring them with {objective.name}")
+    rows = np.arange(n)
+    if data_rows is not None and data_rows < n:
+        rows = np.sort(np.random.default_rng(0).choice(n, data_rows, replace=False))
+    rules = padded_rules(ds, net.config.max_length, rows)
+    log(f"encoding {len(rows)} strings and scoring them with {objective.name}")
     z = encode_rules(net, rules, device=device)
-    strings = ds.strings[:n]
+    strings = [ds.strings[i] for i in rows]
     y = objective(strings)
-    np.savez(cache, z=z, y=y, strings=np.array(strings))
+    from ..io import atomic_target
+
+    with atomic_target(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, z=z, y=y, strings=np.array(strings))
     return net, z, y, strings
 
 
@@ -55,99 +74,121 @@ def most_frequent_valid(decodes: list[list[str | None]], valid) -> list[str | No
     return out
 
 
-def _validity_check(objective: Objective):
-    """Molecules: RDKit must parse them (their objectives give NaN otherwise); expressions: every
-    complete decode is a valid expression, whatever its score."""
-    return lambda s: bool(np.isfinite(objective.fn([s])[0]))
+def _initial_state(seed: int, n: int) -> dict:
+    """A seed's 90/10 train/test split of the data (REFERENCE.md §5) and its empty history."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(0.9 * n))
+    return {"seed": seed, "train": perm[:n_train].tolist(), "test": perm[n_train:].tolist(), "iterations": [],
+            "gp_test": None}
 
 
-def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch: int, n_decode: int,
-             state_path: Path, gp_kw: dict, device, log=print, progress=True) -> dict:
-    sign = 1.0 if objective.higher_is_better else -1.0
-    if state_path.is_file():
-        state = read_json(state_path)
-        log(f"seed {seed}: resuming after iteration {len(state['iterations'])}")
-    else:
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(z))
-        n_train = int(round(0.9 * len(z)))
-        state = {"seed": seed, "train": perm[:n_train].tolist(), "test": perm[n_train:].tolist(),
-                 "iterations": [], "gp_test": None}
-    tr, te = np.array(state["train"]), np.array(state["test"])
-    x_extra = [np.array(p) for it in state["iterations"] for p in it["points"]]
-    y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
-    worst = float(y[tr].min() if sign > 0 else y[tr].max())
+def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: int, warm, test, progress):
+    """Fit the GP on (x_fit, y_fit) and choose ``batch`` points in the box by batched greedy EI.
+    Returns (points, GP, test metrics or None)."""
+    lower, upper = box
     gp_kw = dict(gp_kw)
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
-    lower, upper = z[tr].min(0), z[tr].max(0)  # the acquisition box: the training codes' bounding box
+    incumbent = gp_kw.pop("incumbent", "posterior-mean")
+    if backend == "botorch":
+        try:
+            from .botorch_gp import fit_and_propose
+        except ImportError as e:
+            raise ConfigError(f"--gp botorch needs BoTorch ({e}): pip install \"grammar-rae[botorch]\"") from None
+        points, metrics = fit_and_propose(
+            x_fit, y_fit, lower, upper, batch, maximise, n_inducing=gp_kw["n_inducing"], epochs=gp_kw["epochs"],
+            lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed, x_test=test[0] if test else None,
+            y_test=test[1] if test else None)
+        return points, None, metrics
+    if warm is not None and refit_epochs:  # warm start from the previous iteration's GP
+        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, init=warm, **{**gp_kw, "epochs": refit_epochs})
+    else:
+        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, **gp_kw)
+    metrics = gp.test_metrics(*test) if test else None
+    if incumbent == "posterior-mean":  # the GVAE's batched_greedy_ei
+        best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed)
+    else:
+        best = float(y_fit.max() if maximise else y_fit.min())
+    return batched_greedy_ei(gp, best, lower, upper, batch=batch, seed=seed, maximise=maximise), gp, metrics
+
+
+def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, device) -> list[str | None]:
+    """Each point decoded ``n_decode`` times by sampling; its most frequent valid string, or None."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    zt = torch.as_tensor(points, dtype=torch.float32, device=device)
+    decodes = [[] for _ in range(len(points))]
+    for out in net.decode_repeated(zt, n_decode, sample=True, generator=gen):
+        for i, s in enumerate(out.strings):
+            decodes[i].append(s)
+    return most_frequent_valid(decodes, valid)
+
+
+def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch: int, n_decode: int,
+             state_path: Path, gp_kw: dict, device, log=print, progress=True, settings: dict | None = None) -> dict:
+    """One BO run (REFERENCE.md §5): per iteration fit, propose, decode, score, add; the state is
+    saved after every iteration, so a second call with the same ``settings`` resumes."""
+    maximise = objective.higher_is_better
+    settings = settings or {}
+    if state_path.is_file():
+        state = read_json(state_path)
+        if state.get("settings", settings) != settings:
+            changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+            raise ConfigError(f"{state_path.parent.parent} holds a BO run with other settings ({', '.join(changed)}); "
+                              "choose another --out, or repeat the original settings to resume it")
+        log(f"seed {seed}: resuming after iteration {len(state['iterations'])}")
+    else:
+        state = {**_initial_state(seed, len(z)), "settings": settings}
+    tr, te = np.array(state["train"]), np.array(state["test"])
+    x_extra = [np.array(p) for it in state["iterations"] for p in it["points"]]
+    y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
+    worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
+    box = (z[tr].min(0), z[tr].max(0))  # the acquisition box: the training codes' bounding box
     gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
         t0 = time.time()
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
-        if backend == "botorch":
-            from .botorch_gp import fit_and_propose
-
-            need_test = state["gp_test"] is None
-            points, metrics = fit_and_propose(
-                x_fit, y_fit, lower, upper, batch, sign > 0, n_inducing=gp_kw["n_inducing"],
-                epochs=gp_kw["epochs"], lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed * 1000 + it,
-                x_test=z[te] if need_test else None, y_test=y[te] if need_test else None)
-            if need_test:
-                state["gp_test"] = metrics
-        else:
-            if gp is not None and refit_epochs:  # warm start from the previous iteration's GP
-                gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, init=gp,
-                                  **{**gp_kw, "epochs": refit_epochs})
-            else:
-                gp = SparseGP.fit(x_fit, y_fit, seed=seed + it, progress=progress, **gp_kw)
-            if state["gp_test"] is None:
-                state["gp_test"] = gp.test_metrics(z[te], y[te])
-            best = float(y_fit.max() if sign > 0 else y_fit.min())
-            points = batched_greedy_ei(gp, best, lower, upper, batch=batch, seed=seed * 1000 + it,
-                                       maximise=sign > 0)
-        if it == 1:
-            log(f"seed {seed}: sparse GP on the test split: RMSE {state['gp_test']['rmse']:.3f}, "
-                f"log-likelihood {state['gp_test']['log_likelihood']:.3f}")
-        gen = torch.Generator(device=device).manual_seed(seed * 1000 + it)
-        zt = torch.as_tensor(points, dtype=torch.float32, device=device)
-        decodes = [[] for _ in range(len(points))]
-        for out in net.decode_repeated(zt, n_decode, sample=True, generator=gen):
-            for i, s in enumerate(out.strings):
-                decodes[i].append(s)
-        chosen = most_frequent_valid(decodes, _validity_check(objective))
+        test = (z[te], y[te]) if state["gp_test"] is None else None
+        points, gp, metrics = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp, test,
+                                       progress)
+        if metrics is not None:
+            state["gp_test"] = metrics
+            log(f"seed {seed}: sparse GP on the test split: RMSE {metrics['rmse']:.3f}, "
+                f"log-likelihood {metrics['log_likelihood']:.3f}")
+        chosen = decode_points(net, points, n_decode, lambda s: bool(objective.valid([s])[0]), seed * 1000 + it,
+                               device)
         scores = objective(chosen)
-        evaluations = []
-        for s, sc in zip(chosen, scores):
-            valid = s is not None
-            evaluations.append({"seed": seed, "iteration": it, "string": s, "valid": valid,
-                                "score": float(sc) if valid else worst})
+        evaluations = [{"seed": seed, "iteration": it, "string": s, "valid": s is not None,
+                        "score": float(sc) if s is not None else worst} for s, sc in zip(chosen, scores)]
         state["iterations"].append({"points": points.tolist(), "evaluations": evaluations,
                                     "seconds": round(time.time() - t0, 1)})
         x_extra += list(points)
         y_extra += [e["score"] for e in evaluations]
         write_json(state_path, state)
-        valid = [e for e in evaluations if e["valid"]]
-        top = max((sign * e["score"] for e in valid), default=float("nan")) * sign
+        valid = [e["score"] for e in evaluations if e["valid"]]
+        top = (max(valid) if maximise else min(valid)) if valid else float("nan")
         log(f"seed {seed} iteration {it}/{iterations}: {len(valid)}/{len(points)} valid, best {top:.3f}, "
             f"{time.time() - t0:.0f}s")
     return state
 
 
 def _mean_std(values) -> dict:
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     return {"mean": float(v.mean()), "std": float(v.std())} if len(v) else {"mean": float("nan"), "std": float("nan")}
 
 
 def summarise(states: list[dict], objective: Objective) -> dict:
+    """Fraction valid, average score and top-3, in two ways: ours (every valid evaluation averaged,
+    mean ± std over seeds) and the published script's (GVAE get_final_results.py: per seed, the mean
+    of the scores better than the worst score of the *last* seed, std over seeds / √iterations), so
+    a reader can put our numbers beside the paper's honestly."""
     sign = 1.0 if objective.higher_is_better else -1.0
     evaluations = [e for st in states for it in st["iterations"] for e in it["evaluations"]]
     valid = [e for e in evaluations if e["valid"]]
-    per_seed_valid = [np.mean([e["valid"] for it in st["iterations"] for e in it["evaluations"]]) for st in states]
-    per_seed_avg = [np.mean([e["score"] for it in st["iterations"] for e in it["evaluations"] if e["valid"]] or [np.nan])
-                    for st in states]
+    per_seed = [[e for it in st["iterations"] for e in it["evaluations"]] for st in states]
+    per_seed_valid = [np.mean([e["valid"] for e in ev]) if ev else np.nan for ev in per_seed]
+    per_seed_avg = [float(np.mean(v)) if (v := [e["score"] for e in ev if e["valid"]]) else np.nan for ev in per_seed]
     best_unique: dict[str, float] = {}
     for e in valid:
         best_unique[e["string"]] = e["score"]
@@ -157,10 +198,18 @@ def summarise(states: list[dict], objective: Objective) -> dict:
         k = f"{e['seed']}:{e['iteration']}"
         if k not in best_per_iteration or sign * e["score"] > sign * best_per_iteration[k]:
             best_per_iteration[k] = e["score"]
+    iterations = max((len(st["iterations"]) for st in states), default=1) or 1
+    worst_last = max((sign * -e["score"] for e in per_seed[-1]), default=np.nan) * -sign if per_seed else np.nan
+    published = [float(np.mean(v)) if (v := [e["score"] for e in ev if sign * e["score"] > sign * worst_last]) else np.nan
+                 for ev in per_seed]
+    finite = [p for p in published if np.isfinite(p)]
     return {
         "objective": objective.name, "higher_is_better": objective.higher_is_better,
-        "fraction_valid": {"mean": float(np.mean(per_seed_valid)), "std": float(np.std(per_seed_valid))},
+        "fraction_valid": {**{k: v for k, v in _mean_std(per_seed_valid).items()}},
         "average_score": _mean_std(per_seed_avg),  # over valid evaluations; NaN when a run found none
+        "average_score_published": {"mean": float(np.mean(finite)) if finite else float("nan"),
+                                    "std_over_sqrt_iterations": float(np.std(finite) / np.sqrt(iterations))
+                                    if finite else float("nan")},
         "top3": [{"string": s, "score": sc} for s, sc in top],
         "best_per_iteration": best_per_iteration,
         "gp_test": [st["gp_test"] for st in states],
@@ -169,22 +218,31 @@ def summarise(states: list[dict], objective: Objective) -> dict:
 
 def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str | None = None, iterations: int = 5,
              batch: int = 50, seeds=(1,), n_decode: int | None = None, device: str = "auto", gp_kw: dict | None = None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, data_rows: int | None = None, cache_dir=None,
+             scoring: str = "ours") -> dict:
+    """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME): see the module docstring.
+    ``gp_kw``: n_inducing, epochs, batch, lr, refit_epochs (warm refits; default: from scratch),
+    incumbent ("posterior-mean": the protocol; "observed": the best observed value), backend."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
-    obj = get_objective(objective, target)
+    obj = get_objective(objective, target, scoring=scoring)
     dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log)
+    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir)
     if n_decode is None:
         n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
-    gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, **(gp_kw or {})}
+    gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
+             **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
+    # what a resumed run must share with the one it continues (more iterations are fine)
+    settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
+                "gp": {k: v for k, v in gp_kw.items()}}
     states = [run_seed(net, z, y, obj, s, iterations, batch, n_decode, out / "state" / f"seed-{s}.json", gp_kw,
-                       dev, log, progress) for s in seeds]
+                       dev, log, progress, settings) for s in seeds]
     summary = summarise(states, obj)
-    report = {"run": str(run_dir), "objective": obj.name, "target": target, "iterations": iterations,
-              "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "gp": gp_kw, "summary": summary,
+    report = {"run": str(run_dir), "objective": obj.name, "target": target, "scoring": scoring, "iterations": iterations,
+              "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "gp": gp_kw, "data_rows": len(z),
+              "data_best": float(y.max() if obj.higher_is_better else y.min()), "summary": summary,
               "evaluations": [e for st in states for it in st["iterations"] for e in it["evaluations"]]}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
@@ -223,9 +281,12 @@ def plot_progress(report: dict, path: Path) -> None:
         if scores:
             best = sign * np.maximum.accumulate(sign * np.array(scores))
             ax.plot(np.arange(1, len(best) + 1), best, label=f"seed {seed}")
+    if "data_best" in report:
+        ax.axhline(report["data_best"], color="grey", ls="--", lw=1, label="best in the data")
     ax.set_xlabel("evaluations")
     ax.set_ylabel(f"best {report['objective']} so far")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -74,10 +74,11 @@ class SparseGP(nn.Module):
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, n_inducing: int = 500, epochs: int = 50, batch: int = 5000,
             lr: float = 5e-4, seed: int = 0, progress: bool = False, device="cpu",
-            init: "SparseGP | None" = None) -> "SparseGP":
+            init: "SparseGP | None" = None, init_from_targets: bool = True) -> "SparseGP":
         """The GrammarVAE protocol's settings by default (lr 5e-4 is theirs; with few epochs a larger
-        lr converges faster). ``init``: start from a fitted GP's parameters (a warm start when a BO
-        iteration adds a few points) instead of a fresh random-subset initialisation."""
+        lr converges faster): inducing points a random subset of the data, the variational mean
+        initialised from their targets (``init_from_targets``; else 0). ``init``: start from a fitted
+        GP's parameters (a warm start when a BO iteration adds a few points) instead."""
         from tqdm.auto import tqdm
 
         g = torch.Generator().manual_seed(seed)
@@ -89,12 +90,16 @@ class SparseGP(nn.Module):
         ys = (yt - y_mean) / y_std
         warm = init
         m = len(warm.z) if warm is not None else min(n_inducing, len(xt))
-        init = xt[torch.randperm(len(xt), generator=g)[:m].to(device)]
+        chosen = torch.randperm(len(xt), generator=g)[:m].to(device)
+        init = xt[chosen]
         # lengthscale: median pairwise distance of a subset, per dimension via the data spread
         spread = xt.std(0).clamp_min(1e-3)
         gp = cls(init, lengthscale=spread * math.sqrt(xt.shape[1]), noise=0.1).to(device)
         if warm is not None:  # a few added points barely move the targets' standardisation
             gp.load_state_dict(warm.state_dict())
+        elif init_from_targets:  # q(u) starts at the inducing points' own targets, as the GVAE's GP does
+            with torch.no_grad():
+                gp.q_mean.copy_(torch.linalg.solve_triangular(gp._chol_mm(), ys[chosen][:, None], upper=False)[:, 0])
         gp.y_mean, gp.y_std = y_mean, y_std
         opt = torch.optim.Adam(gp.parameters(), lr=lr)
         n = len(xt)

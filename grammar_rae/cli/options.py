@@ -1,0 +1,60 @@
+"""Options several commands share, defined once."""
+from __future__ import annotations
+
+import click
+
+GRAMMAR_HELP = "Grammar: a shipped name (smiles, expr) or the path of a .cfg file."
+
+
+def run(help_text: str = "A run directory, or a shipped pretrained model (zinc-grae, expr-grae)."):
+    return click.option("--run", "run_dir", required=True, help=help_text)
+
+
+device = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, …")
+seed = click.option("--seed", default=0, show_default=True, help="Random seed (results are reproducible with it).")
+cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                         help="Cache folder (default $GRAMMAR_RAE_CACHE or ~/.cache/grammar-rae).")
+strings_input = click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+                             help="Strings, one a line (.smi/.txt) or a .csv with a smiles column.")
+
+
+def out_file(help_text: str, required: bool = True):
+    return click.option("--out", required=required, default=None, type=click.Path(dir_okay=False), help=help_text)
+
+
+def out_dir(help_text: str, required: bool = True, default=None):
+    return click.option("--out", required=required, default=default, type=click.Path(file_okay=False),
+                        help=help_text, show_default=default is not None)
+
+
+def decoding(f):
+    """--stochastic / --temperature: how rules are chosen when decoding."""
+    f = click.option("--temperature", default=1.0, show_default=True,
+                     help="Softmax temperature of --stochastic decoding.")(f)
+    return click.option("--stochastic", is_flag=True,
+                        help="Sample each rule (at --temperature) instead of taking the most likely one.")(f)
+
+
+def apply(*decorators):
+    """Stack option decorators, listed in the order --help shows them."""
+    def wrap(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return wrap
+
+
+def read_records(path):
+    """(line, string) records of an input file, bad lines reported as FILE:LINE on stderr and skipped."""
+    from ..data.parsed import read_strings
+
+    bad: list = []
+    records = list(read_strings(path, bad=bad))
+    for line, reason in bad:
+        click.echo(f"{path}:{line}: skipped: {reason}", err=True)
+    return records, len(bad)
+
+
+def report_skipped(path, records, errors) -> None:
+    for i, err in errors:
+        click.echo(f"{path}:{records[i][0]}: skipped: {err or 'longer than the decoder can produce'}", err=True)
