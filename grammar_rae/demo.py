@@ -21,6 +21,7 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     from .evaluate import molecule_grid, training_canonical
     from .io import write_lines
     from .metrics import canonical, generation_metrics
+    from .pretrained import resolve_run
     from .run import decode_strings, load_density, load_run, load_split, padded_rules
 
     out = Path(out)
@@ -33,7 +34,8 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     net, meta = load_run("zinc-grae")
     ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"], cache_dir),
                          cache_dir=cache_dir, quiet=True)
-    train_rows, _, test_rows = load_split(_run_dir("zinc-grae"), meta)
+    shipped = resolve_run("zinc-grae")
+    train_rows, _, test_rows = load_split(shipped, meta)
     about = meta.get("pretrained", {})
     log(f"[1/5] zinc-grae: {meta['label']} GrammarRAE ({meta['model']['arch']}, latent {meta['model']['latent_dim']}), "
         f"trained {about.get('epochs', '?')} epochs on {meta['data']['train']:,} ZINC250k molecules")
@@ -54,7 +56,7 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     t0 = time.time()
     q = load_density("zinc-grae", "gmm", net.config.latent_dim)
     samples = decode_strings(net, q.sample(n_samples, seed=0))
-    train_canonical = training_canonical([ds.strings[i] for i in train_rows], True, cache_dir, _run_dir("zinc-grae"))
+    train_canonical = training_canonical([ds.strings[i] for i in train_rows], True, cache_dir, shipped)
     m = generation_metrics(samples, True, training_canonical=train_canonical)
     facts["samples"] = m
     write_lines(out / "samples.smi", samples)
@@ -107,8 +109,3 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     log(f"done in {facts['seconds']:.0f} s; outputs in {out}")
     return facts
 
-
-def _run_dir(name):
-    from .pretrained import resolve_run
-
-    return resolve_run(name)

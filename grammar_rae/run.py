@@ -44,8 +44,7 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test_idx
 
 
-def default_dataset(grammar: Grammar, data: str | Path | None, out: Path, cache_dir=None, progress=True,
-                    limit: int | None = None):
+def default_dataset(grammar: Grammar, data: str | Path | None, cache_dir=None, progress=True):
     """The prepared dataset a `train` run uses: ``data`` if given, else the shipped data set of the
     grammar -- the GrammarVAE's expression set, or ZINC250k (a downloaded copy in the cache wins)."""
     from .data.download import zinc250k_path
@@ -96,7 +95,7 @@ def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides
 
 def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progress, cache_dir):
     """The prepared dataset and its train/validation/test rows (a resumed run keeps its own)."""
-    ds = default_dataset(g, plan.data, out, cache_dir=cache_dir, progress=progress, limit=plan.limit)
+    ds = default_dataset(g, plan.data, cache_dir=cache_dir, progress=progress)
     n = len(ds) if plan.limit is None else min(plan.limit, len(ds))
     if n < MIN_ROWS:
         what = f"{len(ds)} parseable rows" + (f" ({len(ds.skipped)} lines skipped)" if ds.skipped else "")
