@@ -4,6 +4,8 @@ small result files behind them, kept under bench/results/ so a figure never outl
     python bench/collect.py keep TABLE RUN_DIR...   # copy run.json, history, eval/metrics.json to bench/results/TABLE/
     python bench/collect.py models DIR...           # a model table (DIR: a run, or a bench/results/TABLE/RUN folder)
     python bench/collect.py bo BO_DIR...            # a BO table (after `grammar-rae optimize ... --out BO_DIR`)
+    python bench/collect.py keep-bo TABLE BO_DIR... # copy report.json and its PNGs to bench/results/TABLE/
+    python bench/collect.py bo-plot OUT.png BO_DIR...  # best-so-far against evaluations, one line per run
     python bench/collect.py ttq OUT.png DIR...      # validation loss and reconstruction against wall-clock time
 """
 import json
@@ -54,19 +56,75 @@ def models(dirs):
               f"{pct(s['gmm']['uniqueness'])} | {pct(s['gmm'].get('novelty'))} | {sec:.{1 if sec < 10 else 0}f} |")
 
 
+def _reports(dirs):
+    """(name, report.json) of BO output folders or kept result folders."""
+    return [(Path(d).name, json.loads((Path(d) / "report.json").read_text())) for d in dirs]
+
+
 def bo(dirs):
-    print("| BO run | seeds | fraction valid | average score | top-3 | GP test RMSE | GP test log-lik. |")
-    print("|---" * 7 + "|")
-    for d in map(Path, dirs):
-        r = json.loads((d / "report.json").read_text())
+    """Both averagings side by side: ours (every valid evaluation, mean ± std over seeds) and the
+    published script's (GVAE get_final_results.py: scores better than the last seed's worst, ± std/√iters)."""
+    print("| BO run | seeds | wall time | fraction valid | average score (ours) | average score (published script's) | "
+          "best per seed | top-3 | GP test RMSE | GP test log-lik. |")
+    print("|---" * 10 + "|")
+    for name, r in _reports(dirs):
         s = r["summary"]
         gp = [g for g in s["gp_test"] if g]
         rmse = sum(g["rmse"] for g in gp) / len(gp)
         ll = sum(g["log_likelihood"] for g in gp) / len(gp)
         top = ", ".join(f"{t['score']:.2f} `{t['string']}`" for t in s["top3"])
-        n_seeds = len({e["seed"] for e in r["evaluations"]})
-        print(f"| {d.name} | {n_seeds} | {s['fraction_valid']['mean']:.2f} ± {s['fraction_valid']['std']:.2f} | "
-              f"{s['average_score']['mean']:.2f} ± {s['average_score']['std']:.2f} | {top} | {rmse:.3f} | {ll:.3f} |")
+        sign = 1 if s["higher_is_better"] else -1
+        best = [sign * max(sign * e["score"] for e in r["evaluations"] if e["seed"] == seed and e["valid"])
+                for seed in r["seeds"] if any(e["seed"] == seed and e["valid"] for e in r["evaluations"])]
+        pub = s["average_score_published"]
+        wall = f"{r['seconds'] / 60:.0f} min" if "seconds" in r else "–"
+        print(f"| {name} | {len(r['seeds'])} | {wall} | {s['fraction_valid']['mean']:.2f} ± {s['fraction_valid']['std']:.2f} | "
+              f"{s['average_score']['mean']:.2f} ± {s['average_score']['std']:.2f} | "
+              f"{pub['mean']:.2f} ± {pub['std_over_sqrt_iterations']:.2f} | {', '.join(f'{b:.2f}' for b in best)} | "
+              f"{top} | {rmse:.3f} | {ll:.3f} |")
+
+
+def keep_bo(table, dirs):
+    """report.json (every evaluation, the summary, the settings) and the PNGs of BO runs."""
+    for d in map(Path, dirs):
+        out = Path(__file__).parent / "results" / table / d.name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("report.json", "report.md", "best_vs_evaluations.png", "best_molecules.png"):
+            if (d / f).is_file():
+                shutil.copyfile(d / f, out / f)
+        print(f"kept {out}")
+
+
+def bo_plot(out, dirs):
+    """Best score so far against evaluations, one line per BO run (mean over seeds, band min–max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in _reports(dirs):
+        sign = 1 if r["summary"]["higher_is_better"] else -1
+        curves = []
+        for seed in r["seeds"]:
+            sc = np.array([e["score"] if e["valid"] else -sign * np.inf for e in r["evaluations"] if e["seed"] == seed])
+            if len(sc):
+                curves.append(sign * np.maximum.accumulate(sign * sc))
+        n = min(map(len, curves))
+        c = np.array([k[:n] for k in curves])
+        x = np.arange(1, n + 1)
+        line, = ax.plot(x, c.mean(0), label=f"{name} (mean of {len(c)} seeds)")
+        ax.fill_between(x, c.min(0), c.max(0), color=line.get_color(), alpha=0.15)
+        ax.axhline(r["data_best"], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel(f"best {r['objective']} so far")
+    ax.set_title("dotted: best in the GP's training data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 def ttq(out, dirs):
@@ -107,7 +165,11 @@ if __name__ == "__main__":
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "keep":
         keep(rest[0], rest[1:])
+    elif cmd == "keep-bo":
+        keep_bo(rest[0], rest[1:])
     elif cmd == "ttq":
         ttq(rest[0], rest[1:])
+    elif cmd == "bo-plot":
+        bo_plot(rest[0], rest[1:])
     else:
         {"models": models, "bo": bo}[cmd](rest)

@@ -259,7 +259,7 @@ def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[Gr
         if isinstance(e, RunError):
             raise
         raise RunError(f"{run_dir}: run description is incomplete or invalid ({e})") from e
-    load_checkpoint(net, run_dir, which)
+    meta = {**meta, "checkpoint": load_checkpoint(net, run_dir, which)}   # the name loaded: best, or last
     return net.eval().to(device), meta
 
 

@@ -207,7 +207,7 @@ class Trainer:
                 group["lr"] = self.config.lr * (self.global_step + 1) / w
 
     def train_epoch(self) -> dict:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
         self.model.train()
         plan = self.plan_batches()

@@ -1,7 +1,8 @@
 #!/bin/bash
 # One GPU lease, one command: BENCHMARKS.md's two grammar-model tables.
 #  - the expression table: six models (RAE-L2/GP/SN, plain RAE, GVAE, CVAE), 50 epochs each, all in
-#    parallel on the one GPU (they are small), each evaluated with the GrammarVAE protocol;
+#    parallel on the one GPU (they are small), each evaluated with the GrammarVAE protocol; teacher-forced
+#    architecture and its recipe by default (EXPR_ARGS="--arch gvae" gives the GrammarVAE networks' table);
 #  - a full-ZINC250k GrammarRAE run in the foreground that stops itself inside the budget
 #    (--max-minutes), then is evaluated there (RDKit validity, MOSES-style metrics, FCD).
 #
@@ -27,7 +28,7 @@ RESERVE=${RESERVE:-200}
 RUNS=${RUNS:-/tmp/runs}
 EXPR_MODELS=${EXPR_MODELS:-rae-l2 rae-gp rae-sn rae vae cvae}
 EXPR_ARGS=${EXPR_ARGS:-}   # extra `train` options for every expression model ("--limit 2000 --epochs 2": a dry run)
-MOL_ARGS=${MOL_ARGS:---model rae-l2 --batch-size 1000 --lr 1e-3 --grad-clip 5 --epochs 100}
+MOL_ARGS=${MOL_ARGS:---model rae-l2 --epochs 100}   # the GPU recipe (`grammar-rae recipes`) for the rest
 mkdir -p "$OUT/logs" "$RUNS/expr" "$RUNS/mol"
 source "$(dirname "$0")/lease_setup.sh"
 

@@ -142,6 +142,10 @@ def test_the_data_cache_is_keyed_by_the_runs_weights(run, tmp_path):
     _, z2, _, _ = dataset_codes_and_scores(copy, obj, tmp_path / "bo", "cpu", log=lambda m: None)
     assert len(list((tmp_path / "bo").glob("data-*.npz"))) == 2 and not (z1 == z2).all()
     load_run(copy)
+    # best.json left behind without its weights: the last weights load, and the key follows them
+    (copy / "checkpoints" / "best.safetensors").unlink()
+    _, z3, _, _ = dataset_codes_and_scores(copy, obj, tmp_path / "bo", "cpu", log=lambda m: None)
+    assert not (z3 == z2).all()
 
 
 def test_batched_ei_beats_random_search_on_a_smooth_objective():

@@ -134,7 +134,7 @@ def fetch(dataset: str, cache_dir: str | Path | None = None, path: str | Path | 
 
 
 def _download(url: str, target: Path, sha256: str, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
     with atomic_target(target) as tmp:
         with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:

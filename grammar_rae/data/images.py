@@ -125,7 +125,7 @@ CELEBA_CROP, CELEBA_SIZE = 140, 64
 def _read_celeba(folder: Path, cache_dir=None):
     """uint8 [N, 3, 64, 64] and the official partition (0/1/2) or None, cached once decoded."""
     from PIL import Image
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
     from .parsed import cache_root
 

@@ -50,7 +50,7 @@ def parse_many(grammar: Grammar, strings: Sequence[str], workers: int = 1, progr
     """See :meth:`Grammar.parse_many`. ``method="nltk"`` runs the NLTK reference instead."""
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
     workers = resolve_workers(workers)
     n = len(strings)

@@ -38,8 +38,7 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
     from ..run import encode_rules, load_run, padded_rules
 
     net, meta = load_run(run_dir, device=device)
-    weights = read_json(Path(run_dir) / "checkpoints" / "best.json") if (Path(run_dir) / "checkpoints" / "best.json").is_file() \
-        else read_json(Path(run_dir) / "checkpoints" / "last.json")
+    weights = read_json(Path(run_dir) / "checkpoints" / f"{meta['checkpoint']}.json")   # the checkpoint load_run loaded
     key = hashlib.sha256(json.dumps([weights.get("sha256"), weights.get("epoch"), meta["data"].get("sha256"),
                                      objective.name, objective.key, data_rows]).encode()).hexdigest()[:16]
     cache = out / f"data-{key}.npz"
@@ -243,6 +242,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     report = {"run": str(run_dir), "objective": obj.name, "target": target, "scoring": scoring, "iterations": iterations,
               "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "gp": gp_kw, "data_rows": len(z),
               "data_best": float(y.max() if obj.higher_is_better else y.min()), "summary": summary,
+              "seconds": round(sum(it.get("seconds", 0.0) for st in states for it in st["iterations"]), 1),
               "evaluations": [e for st in states for it in st["iterations"] for e in it["evaluations"]]}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report), encoding="utf-8")

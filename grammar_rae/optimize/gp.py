@@ -79,7 +79,7 @@ class SparseGP(nn.Module):
         lr converges faster): inducing points a random subset of the data, the variational mean
         initialised from their targets (``init_from_targets``; else 0). ``init``: start from a fitted
         GP's parameters (a warm start when a BO iteration adds a few points) instead."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
         g = torch.Generator().manual_seed(seed)
         xt = torch.as_tensor(x, dtype=torch.float64, device=device)
