@@ -2,7 +2,7 @@
 
 Each is an ordinary run directory (run.json, grammar.cfg, split.npz, fp16 safetensors weights,
 fitted densities), small enough to ship (every file < 16 MB). Wherever a command takes ``--run``,
-a shipped NAME works too; an existing directory of the same name wins. BENCHMARKS.md records how
+a shipped NAME works too; a run directory (holding run.json) of the same name wins. BENCHMARKS.md records how
 each was trained and what it reaches.
 """
 from __future__ import annotations
@@ -27,12 +27,16 @@ def path(name: str) -> Path:
 
 
 def resolve_run(run: str | Path) -> Path:
-    """A run directory from what a user typed: an existing directory, else a shipped NAME."""
+    """A run directory from what a user typed: a directory holding run.json, else a shipped NAME, else
+    an existing directory (whose missing run.json the caller reports). A folder that merely shares a
+    shipped model's name (``--out expr-grae`` of a BO run) does not hide the model."""
     p = Path(run)
-    if p.is_dir():
+    if (p / "run.json").is_file():
         return p
     if str(run) in available():
         return ROOT / str(run)
+    if p.is_dir():
+        return p
     from ..checkpoint import RunError
 
     shipped = ", ".join(available()) or "none"
