@@ -202,10 +202,22 @@ def write_run_files(out: Path, g: Grammar, tr, va, te, meta: dict) -> None:
 
 
 @torch.no_grad()
-def encode_rules(net: GrammarAE, rules: torch.Tensor, batch: int = 2000, device="cpu") -> np.ndarray:
+def encode_rules(net: GrammarAE, rules: torch.Tensor, batch: int = 2000, device="cpu", progress: bool = False) -> np.ndarray:
+    """Codes (encoder means) of padded rule sequences ``[n, T]``, in batches. When the encoder ignores
+    padding (``net.cuts_padding``) the rows go in order of length and each batch is cut to its longest
+    derivation: the same codes for about half the work on ZINC250k (mean 132 of 277 steps)."""
+    from tqdm import tqdm
+
     net.eval().to(device)
-    return torch.cat([net.encode(rules[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, len(rules), batch)]).numpy()
+    cut = net.cuts_padding
+    lengths = net.sequence_lengths(rules)
+    order = torch.argsort(lengths, stable=True) if cut else torch.arange(len(rules))
+    out = torch.empty(len(rules), net.config.latent_dim)
+    for i in tqdm(range(0, len(rules), batch), desc="encoding", unit="batch", disable=not progress):
+        idx = order[i:i + batch]
+        x = rules[idx, :max(int(lengths[idx].max()), 1)] if cut else rules[idx]
+        out[idx] = net.encode(x.to(device)).float().cpu()
+    return out.numpy()
 
 
 def fit_densities(net: GrammarAE, train_rules: torch.Tensor, out: Path, device="cpu", k: int = 10,

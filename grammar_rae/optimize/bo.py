@@ -26,7 +26,7 @@ from .objectives import Objective, get_objective
 
 
 def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print,
-                             data_rows: int | None = None, cache_dir=None):
+                             data_rows: int | None = None, cache_dir=None, progress: bool = False):
     """Codes and objective scores of the strings of the run's data -- all of them, or a seeded sample
     of ``data_rows`` -- cached in ``out`` under a key of the run's weights, the objective and the rows,
     so a retrained run or another objective never reuses stale codes."""
@@ -53,7 +53,7 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
         rows = np.sort(np.random.default_rng(0).choice(n, data_rows, replace=False))
     rules = padded_rules(ds, net.config.max_length, rows)
     log(f"encoding {len(rows)} strings and scoring them with {objective.name}")
-    z = encode_rules(net, rules, device=device)
+    z = encode_rules(net, rules, device=device, progress=progress)
     strings = [ds.strings[i] for i in rows]
     y = objective(strings)
     from ..io import atomic_target
@@ -228,7 +228,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     obj = get_objective(objective, target, scoring=scoring)
     dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir)
+    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir, progress)
     if n_decode is None:
         n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
     gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
