@@ -147,7 +147,9 @@ def bo_plot(out, dirs):
         ax.axhline(r["data_best"], color=line.get_color(), ls=":", lw=1)
     ax.set_xlabel("evaluations")
     ax.set_ylabel(f"best {r['objective']} so far")
-    ax.set_title("dotted: best in the GP's training data")
+    better = "higher" if r["summary"]["higher_is_better"] else "lower"
+    ax.set_title(f"{r['objective']} ({better} is better); band: min–max over seeds; dotted: best in the GP's data",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -55,7 +55,11 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
     log(f"encoding {len(rows)} strings and scoring them with {objective.name}")
     z = encode_rules(net, rules, device=device, progress=progress)
     strings = [ds.strings[i] for i in rows]
-    y = objective(strings)
+    from tqdm import tqdm
+
+    chunk = 5000
+    y = np.concatenate([objective(strings[i:i + chunk]) for i in tqdm(
+        range(0, len(strings), chunk), desc="scoring", unit="chunk", disable=not progress)]) if strings else np.zeros(0)
     from ..io import atomic_target
 
     with atomic_target(cache) as tmp:
