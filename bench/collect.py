@@ -120,6 +120,13 @@ def keep_bo(table, dirs):
         for f in ("report.json", "report.md", "best_vs_evaluations.png", "best_molecules.png"):
             if (d / f).is_file():
                 shutil.copyfile(d / f, out / f)
+        r = json.loads((d / "report.json").read_text())
+        if r["objective"] != "expr":   # molecules: the top-3 drawn with their scores
+            from grammar_rae.evaluate import molecule_grid
+
+            top = r["summary"]["top3"]
+            molecule_grid([t["string"] for t in top], out / "top3.png", n=3, per_row=3, keep_order=True,
+                          legends=[f"{r['objective']} {t['score']:.2f}" for t in top])
         print(f"kept {out}")
 
 
