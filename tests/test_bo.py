@@ -15,6 +15,10 @@ from grammar_rae.train import TrainConfig
 def test_most_frequent_valid_decode():
     ok = lambda s: s != "bad"  # noqa: E731
     assert most_frequent_valid([["a", "b", "b", None], ["bad", "bad", "c"], [None, "bad"]], ok) == ["b", "c", None]
+    # ties go to the first seen; each distinct string is checked once at most, however often decoded
+    checked = []
+    pick = most_frequent_valid([["x", "bad", "y", "y", "x", "bad", "bad"] * 50], lambda s: checked.append(s) or ok(s))
+    assert pick == ["x"] and sorted(checked) == ["bad", "x"]
 
 
 @pytest.fixture(scope="module")

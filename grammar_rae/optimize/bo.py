@@ -69,11 +69,13 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
 
 
 def most_frequent_valid(decodes: list[list[str | None]], valid) -> list[str | None]:
-    """Per point, the most frequent decode that ``valid`` accepts (ties: first seen), or None."""
+    """Per point, the most frequent decode that ``valid`` accepts (ties: first seen), or None. Distinct
+    strings are checked from the most frequent down, so ``valid`` (for molecules: RDKit and the
+    objective) runs once per distinct string until one passes, not once per decode."""
     out = []
     for ds in decodes:
-        counts = Counter(s for s in ds if s is not None and valid(s))
-        out.append(counts.most_common(1)[0][0] if counts else None)
+        counts = Counter(s for s in ds if s is not None)   # most_common keeps first-seen order among ties
+        out.append(next((s for s, _ in counts.most_common() if valid(s)), None))
     return out
 
 
