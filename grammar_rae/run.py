@@ -310,10 +310,15 @@ def decode_strings(net: GrammarAE, z: np.ndarray, stochastic: bool = False, temp
 def encode_strings(run_dir: str | Path, strings, device="auto", batch: int = 1000):
     """Deterministic codes (encoder means) of strings: ``(z [n_ok, d], kept indices, errors)`` where
     errors lists ``(index, ParseError)`` for strings outside the grammar (they get no code)."""
+    dev = resolve_device(device)
+    return _encode_with(load_run(run_dir, device=dev)[0], strings, batch)
+
+
+def _encode_with(net: GrammarAE, strings, batch: int = 1000):
+    """:func:`encode_strings` on a loaded model (on its device)."""
     from .data.parsed import pack
 
-    dev = resolve_device(device)
-    net, _ = load_run(run_dir, device=dev)
+    dev = next(net.parameters()).device
     g = net.grammar
     results, errors = g.parse_many(list(strings), workers=1, on_error="skip")
     keep = [i for i, r in enumerate(results) if r is not None and len(r) <= net.config.max_length]
@@ -338,6 +343,7 @@ def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, t
 def reconstruct_strings(run_dir: str | Path, strings, device="auto"):
     """Encode each string and decode it by argmax: ``(rows, errors)`` with rows ``(input, decode or
     "", exact match)`` for the strings the grammar parses, errors as :func:`encode_strings` gives them."""
-    z, keep, errors = encode_strings(run_dir, strings, device=device)
-    back = decode_codes(run_dir, z, device=device) if len(keep) else []
+    net, _ = load_run(run_dir, device=resolve_device(device))   # loaded (and checksummed) once for both ways
+    z, keep, errors = _encode_with(net, strings)
+    back = decode_strings(net, z) if len(keep) else []
     return [(strings[i], b or "", strings[i] == b) for i, b in zip(keep, back)], errors
