@@ -8,6 +8,11 @@ u = L_mm v, q(v) = N(m, S Sᵀ); the ELBO on a minibatch B of N points is
 
 with E_q[log N(y|f,σ²)] = log N(y | μ_i, σ²) − v_i / (2σ²), μ = Aᵀm, v = k_ii − ‖A_i‖² + ‖SᵀA_i‖²,
 A = L_mm⁻¹ K_mn. Targets are standardised internally.
+
+The ELBO needs the variances only summed over the minibatch, so ``elbo`` never forms A:
+Σ_i v_i = |B| s² − tr P + tr(Sᵀ P S) with P = L_mm⁻¹ (K_mB K_Bm) L_mm⁻ᵀ, and μ = K_Bm (L_mm⁻ᵀ m).
+That is one M×M Gram product of the minibatch instead of a triangular solve with |B| right-hand
+sides plus an M×M by M×|B| product (and their backward passes): ~3× less work per step.
 """
 from __future__ import annotations
 
@@ -16,6 +21,20 @@ import math
 import numpy as np
 import torch
 from torch import nn
+
+
+class _Gram(torch.autograd.Function):
+    """Ψ = K Kᵀ with a one-product backward: dK = (G + Gᵀ) K (autograd would form Gᵀ… twice)."""
+
+    @staticmethod
+    def forward(ctx, k):
+        ctx.save_for_backward(k)
+        return k @ k.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        (k,) = ctx.saved_tensors
+        return (grad + grad.T) @ k
 
 
 class SparseGP(nn.Module):
@@ -35,7 +54,10 @@ class SparseGP(nn.Module):
     def kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """ARD RBF: s² exp(−½ Σ_d (a_d − b_d)² / ℓ_d²)."""
         ls = self.log_lengthscale.exp()
-        return self.log_outputscale.exp() * torch.exp(-0.5 * torch.cdist(a / ls, b / ls).pow(2))
+        a, b = a / ls, b / ls
+        # ‖a − b‖² expanded: one matrix product, and a cheap backward (torch.cdist's is not)
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+        return torch.exp(self.log_outputscale - 0.5 * sq.clamp_min(0))
 
     def _chol_mm(self):
         kmm = self.kernel(self.z, self.z)
@@ -62,13 +84,19 @@ class SparseGP(nn.Module):
         return mean, var.clamp_min(1e-10)
 
     def elbo(self, x: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
-        mean, var = self.latent(x)
+        """Hensman eq. 4 on the minibatch (x, y), scaled to ``n_total`` points (module docstring)."""
+        l_mm, s = self._chol_mm(), self._s()
+        k_mb = self.kernel(self.z, x)                                         # [M, B]
+        mean = k_mb.T @ torch.linalg.solve_triangular(l_mm.T, self.q_mean[:, None], upper=True)[:, 0]
+        half = torch.linalg.solve_triangular(l_mm, _Gram.apply(k_mb), upper=False)  # L⁻¹ Ψ
+        p = torch.linalg.solve_triangular(l_mm, half.T, upper=False)             # L⁻¹ Ψ L⁻ᵀ (Ψ symmetric)
+        var_sum = len(x) * self.log_outputscale.exp() - p.diagonal().sum() + ((p @ s) * s).sum()
         noise = self.log_noise.exp()
-        exp_ll = -0.5 * math.log(2 * math.pi) - 0.5 * noise.log() - ((y - mean).pow(2) + var) / (2 * noise)
-        s = self._s()
+        exp_ll = (len(x) * (-0.5 * math.log(2 * math.pi) - 0.5 * noise.log())
+                  - ((y - mean).pow(2).sum() + var_sum) / (2 * noise))
         kl = 0.5 * (s.pow(2).sum() + self.q_mean.pow(2).sum() - len(self.z)
                     - 2 * s.diagonal().abs().clamp_min(1e-12).log().sum())
-        return n_total / len(x) * exp_ll.sum() - kl
+        return n_total / len(x) * exp_ll - kl
 
     # ------------------------------------------------------------------ fitting and prediction
     @classmethod
