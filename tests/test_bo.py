@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from grammar_rae.cli import main
@@ -117,8 +118,14 @@ def test_optimize_cli_report_rescores_independently_and_resumes(run, tmp_path):
     s = report["summary"]
     assert abs(s["fraction_valid"]["mean"] - sum(per_seed) / 2) < 1e-12 and len(s["gp_test"]) == 2
     assert (tmp_path / "bo" / "best_vs_evaluations.png").is_file() and (tmp_path / "bo" / "report.md").is_file()
-    # resume: a second call with more iterations continues after iteration 2
-    r = CliRunner().invoke(main, args[:4] + [str(run), "--iterations", "3"] + args[7:])
+    # resume: a second call with more iterations continues after iteration 2 (and --threads is applied)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = CliRunner().invoke(main, args[:4] + [str(run), "--iterations", "3", "--threads", "1"] + args[7:])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
     assert "resuming after iteration 2" in r.output
     report2 = json.loads((tmp_path / "bo" / "report.json").read_text())

@@ -36,7 +36,7 @@ schedule_options = O.apply(
                  help="Clip the gradient's global norm (0: off). Default: the recipe's (5 for teacher-forced)."),
     click.option("--amp/--no-amp", default=None,
                  help="bf16 autocast on CUDA and on CPUs with native bf16 (default: on); --no-amp trains in fp32."),
-    click.option("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)."),
+    O.threads,
     click.option("--max-minutes", type=float, default=None,
                  help="Stop cleanly before an epoch that would not finish within this many minutes of this command "
                       "(e.g. a lent GPU's command limit); the same command with --resume goes on."),

@@ -44,15 +44,21 @@ def _seeds(ctx, param, value):
 @click.option("--data-rows", type=int, default=None,
               help="Fit the GP on a seeded sample of this many of the run's data rows (default: all, the protocol).")
 @O.device
+@O.threads
 @O.out_dir("Output folder (resumable with the same settings).")
 def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
-             gp_lr, gp_backend, incumbent, scoring, data_rows, device, out):
+             gp_lr, gp_backend, incumbent, scoring, data_rows, device, threads, out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
 
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
     for molecules, best_molecules.png. Re-running the same command resumes after the last iteration.
     """
     from ..optimize.bo import optimize as run_bo
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     gp = {"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr, "refit_epochs": gp_refit_epochs,
           "backend": gp_backend, "incumbent": incumbent}

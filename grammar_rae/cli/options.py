@@ -11,6 +11,9 @@ def run(help_text: str = "A run directory, or a shipped pretrained model (zinc-g
 
 
 device = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, …")
+threads = click.option("--threads", type=int, default=None,
+                       help="CPU threads for PyTorch (default: PyTorch's choice; give each of several jobs "
+                            "sharing a CPU --threads 1, or they slow each other down many times over).")
 seed = click.option("--seed", default=0, show_default=True, help="Random seed (results are reproducible with it).")
 cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                          help="Cache folder (default $GRAMMAR_RAE_CACHE or ~/.cache/grammar-rae).")
