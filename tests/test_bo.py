@@ -159,7 +159,8 @@ def test_the_data_cache_is_keyed_by_the_runs_weights(run, tmp_path):
     assert not (z3 == z2).all()
 
 
-def test_batched_ei_beats_random_search_on_a_smooth_objective():
+@pytest.mark.parametrize("search", ["grid", "multistart"])
+def test_batched_ei_beats_random_search_on_a_smooth_objective(search):
     """On a fixed latent set with a smooth objective, 3 iterations of 10 points by batched greedy EI
     (posterior-mean incumbent, refits) find a better point than 30 random points of the same box."""
     import numpy as np
@@ -179,7 +180,8 @@ def test_batched_ei_beats_random_search_on_a_smooth_objective():
         for it in range(3):
             gp = SparseGP.fit(x, y, n_inducing=40, epochs=30, batch=400, lr=0.03, seed=seed * 10 + it)
             best = posterior_mean_incumbent(gp, lower, upper, maximise=True, seed=it, n_grid=2000, steps=50)
-            pts = batched_greedy_ei(gp, best, lower, upper, batch=10, seed=it, n_candidates=300, steps=25)
+            pts = batched_greedy_ei(gp, best, lower, upper, batch=10, seed=it, search=search, n_grid=2000, maxiter=50,
+                                    n_candidates=300, steps=25)
             x, y = np.concatenate([x, pts]), np.concatenate([y, f(pts)])
         bo_best = y[400:].max()
         random_best = f(rng.uniform(lower, upper, size=(30, 4))).max()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from grammar_rae.optimize.acquisition import BelievedGP, batched_greedy_ei, expected_improvement
+from grammar_rae.optimize.acquisition import (BelievedGP, batched_greedy_ei, expected_improvement,
+                                              log_expected_improvement)
 from grammar_rae.optimize.gp import SparseGP
 
 
@@ -56,9 +57,43 @@ def test_kriging_believer_shrinks_variance_near_chosen_points_only(gp):
     assert torch.allclose(m0, m1) and v1[0] < 0.5 * v0[0] and v1[1] > 0.95 * v0[1]
 
 
-def test_batched_greedy_ei_spreads_its_batch_inside_the_box(gp):
+def test_log_expected_improvement_is_accurate_where_ei_underflows():
+    from scipy.special import erfcx
+
+    u = np.concatenate([np.linspace(-40, 6, 400), [-10.0001, -9.9999]])
+    sigma = 0.7
+    mean, var = torch.as_tensor(u * sigma), torch.full((len(u),), sigma ** 2, dtype=torch.float64)
+    got = log_expected_improvement(mean, var, 0.0).numpy()
+    # independent: u Φ(u) + φ(u) = exp(−u²/2) (½ u erfcx(−u/√2) + 1/√(2π)), erfcx accurate in the tail
+    want = np.log(sigma) - u ** 2 / 2 + np.log(0.5 * u * erfcx(-u / np.sqrt(2)) + 1 / np.sqrt(2 * np.pi))
+    assert np.allclose(got, want, rtol=0, atol=2e-6), np.abs(got - want).max()
+    near = u > -5
+    assert np.allclose(got[near], np.log(expected_improvement(mean, var, 0.0).numpy()[near]), atol=1e-9)
+    x = torch.tensor([-30.0, -6.0, 0.0], dtype=torch.float64, requires_grad=True)
+    log_expected_improvement(x, torch.ones(3, dtype=torch.float64), 0.0).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()  # uphill towards the incumbent everywhere
+
+
+def test_grid_search_refines_the_best_grid_point(gp):
+    """The GVAE's search: the first point's log EI is at least the best grid point's, which it starts from."""
+    from grammar_rae.optimize.acquisition import _grid
+
     _, y = data(1500, 0)
-    box = dict(lower=np.array([-2, -2]), upper=np.array([2, 2]), n_candidates=300, steps=20, seed=0)
+    lo, hi = torch.tensor([-2.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 2.0], dtype=torch.float64)
+    f_best = (y.max() - gp.y_mean) / gp.y_std
+    x = batched_greedy_ei(gp, best=y.max(), lower=lo.numpy(), upper=hi.numpy(), batch=1, n_grid=50, seed=3)
+    with torch.no_grad():
+        grid = _grid(lo, hi, 50, torch.Generator().manual_seed(3))
+        on_grid = log_expected_improvement(*gp.latent(grid), f_best).max()
+        chosen = log_expected_improvement(*gp.latent(torch.as_tensor(x)), f_best)[0]
+    assert chosen > on_grid + 1e-3  # 50 grid points leave room; L-BFGS-B climbs from the best of them
+
+
+@pytest.mark.parametrize("search", ["grid", "multistart"])
+def test_batched_greedy_ei_spreads_its_batch_inside_the_box(gp, search):
+    _, y = data(1500, 0)
+    box = dict(lower=np.array([-2, -2]), upper=np.array([2, 2]), n_candidates=300, steps=20, seed=0, search=search,
+               n_grid=500, maxiter=50)
     x = batched_greedy_ei(gp, best=y.max(), batch=5, **box)
     assert x.shape == (5, 2) and (x >= -2).all() and (x <= 2).all()
     d = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(5, 1)]

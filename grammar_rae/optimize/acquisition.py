@@ -4,6 +4,12 @@ EI(x) = (μ − f* − ξ) Φ(u) + σ φ(u),  u = (μ − f* − ξ) / σ       
 for maximisation. A batch is built greedily: after each chosen point the GP is told it observed its
 own predicted mean there, without noise (Kriging believer, Ginsbourger et al. 2010): the mean is
 unchanged and the variance near the chosen points shrinks to ~0, so the next point goes elsewhere.
+
+How each point is searched for (``search``):
+- "grid", the GrammarVAE's ``batched_greedy_ei``: one grid of 10,000 uniform points of the box, drawn
+  once (the same grid as the posterior-mean incumbent's); per point, the grid point of highest log EI
+  refined by L-BFGS-B (150 iterations, box bounds) on log EI;
+- "multistart": 2,000 fresh uniform candidates per point, the best 10 refined by Adam on EI.
 """
 from __future__ import annotations
 
@@ -25,6 +31,20 @@ def expected_improvement(mean: torch.Tensor, var: torch.Tensor, best: float, xi:
     cdf = 0.5 * (1 + torch.erf(u / _SQRT2))
     pdf = torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
     return improve * cdf + sigma * pdf
+
+
+def log_expected_improvement(mean: torch.Tensor, var: torch.Tensor, best: float) -> torch.Tensor:
+    """log EI = log σ + log h(u), h(u) = u Φ(u) + φ(u). Far below the incumbent EI underflows (and
+    its gradient with it), so for u < −10 the Mills-ratio series
+    h(u) ≈ φ(u)/u² (1 − 3/u² + 15/u⁴ − 105/u⁶ + 945/u⁸); above it, Φ from erfc (accurate in the tail)."""
+    sigma = var.clamp_min(1e-18).sqrt()
+    u = (mean - best) / sigma
+    log_phi = -0.5 * u * u - 0.5 * math.log(2 * math.pi)
+    direct = torch.log((u * 0.5 * torch.erfc(-u / _SQRT2) + torch.exp(log_phi)).clamp_min(1e-300))
+    t = torch.minimum(u, torch.full_like(u, -10.0))  # the tail's own argument, finite on both branches
+    tail = (-0.5 * t * t - 0.5 * math.log(2 * math.pi) - 2 * torch.log(-t)
+            + torch.log1p(-3 / t ** 2 + 15 / t ** 4 - 105 / t ** 6 + 945 / t ** 8))
+    return sigma.log() + torch.where(u < -10, tail, direct)
 
 
 class BelievedGP:
@@ -71,12 +91,15 @@ class BelievedGP:
 
 
 def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.ndarray, batch: int = 50,
-                      n_candidates: int = 2000, n_starts: int = 10, steps: int = 100, lr: float = 0.05,
-                      seed: int = 0, maximise: bool = True) -> np.ndarray:
+                      search: str = "grid", n_grid: int = 10_000, maxiter: int = 150, n_candidates: int = 2000,
+                      n_starts: int = 10, steps: int = 100, lr: float = 0.05, seed: int = 0,
+                      maximise: bool = True) -> np.ndarray:
     """``batch`` points in the box [lower, upper] chosen greedily by EI with the Kriging believer.
 
     ``best`` is in the units of y; with ``maximise=False`` (e.g. the expression score) EI is taken
-    on −y. Each point: EI on random candidates, the best ``n_starts`` refined by Adam in the box.
+    on −y. ``search`` (module docstring): "grid" (``n_grid``, ``maxiter``; the grid is the one
+    :func:`posterior_mean_incumbent` draws with the same ``seed``) or "multistart" (``n_candidates``,
+    ``n_starts``, ``steps``, ``lr``).
     """
     g = torch.Generator().manual_seed(seed)
     lo = torch.as_tensor(lower, dtype=torch.float64)
@@ -84,7 +107,50 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
     sign = 1.0 if maximise else -1.0
     f_best = sign * (best - gp.y_mean) / gp.y_std  # in the GP's standardised units, signed
     with frozen(gp):  # only the query points are optimised
-        return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
+        if search == "grid":
+            return _greedy_grid(gp, f_best, sign, lo, hi, batch, _grid(lo, hi, n_grid, g), maxiter)
+        if search == "multistart":
+            return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
+    raise ValueError(f"unknown EI search {search!r} (grid or multistart)")
+
+
+def _grid(lo: torch.Tensor, hi: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, len(lo), generator=g, dtype=torch.float64)
+
+
+def _lbfgs(f, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxiter: int) -> torch.Tensor:
+    """``x0`` [d] moved uphill on the scalar ``f`` (of a [1, d] batch) by L-BFGS-B inside the box, as
+    the GrammarVAE's ``global_optimization`` does; the start is kept if the search ends lower."""
+    from scipy.optimize import minimize
+
+    def negative(v):
+        x = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        value = -f(x[None])[0]
+        value.backward()
+        if not torch.isfinite(value):
+            return 1e300, np.zeros_like(v)
+        return float(value.detach()), x.grad.numpy().copy()
+
+    start = negative(x0.numpy())[0]
+    r = minimize(negative, x0.numpy(), jac=True, method="L-BFGS-B", bounds=list(zip(lo.tolist(), hi.tolist())),
+                 options={"maxiter": maxiter})
+    return torch.as_tensor(r.x, dtype=torch.float64) if r.fun <= start else x0.clone()
+
+
+def _greedy_grid(gp, f_best, sign, lo, hi, batch, grid, maxiter) -> np.ndarray:
+    believed = BelievedGP(gp)
+
+    def log_ei(x):
+        return log_expected_improvement(*_signed(believed.mean_var(x), sign), f_best)
+
+    chosen = []
+    for _ in range(batch):
+        with torch.no_grad():
+            start = grid[log_ei(grid).argmax()]
+        x = _lbfgs(log_ei, start, lo, hi, maxiter)
+        believed.believe(x)
+        chosen.append(x)
+    return torch.stack(chosen).numpy()
 
 
 def _signed(mean_var, sign):
@@ -138,21 +204,25 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
 
 
 def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray, maximise: bool = True,
-                             seed: int = 0, n_grid: int = 10_000, steps: int = 150, lr: float = 0.05) -> float:
+                             seed: int = 0, n_grid: int = 10_000, steps: int = 150) -> float:
     """The best GP posterior mean over the box, in the units of y: the EI incumbent of the
-    GrammarVAE's ``batched_greedy_ei`` (a 10,000-point random grid, then a local optimisation from its
-    best point; they run L-BFGS for 150 iterations, here Adam steps clipped to the box)."""
+    GrammarVAE's ``batched_greedy_ei`` (a 10,000-point random grid, then L-BFGS-B from its best point
+    for ``steps`` iterations; the grid is the one ``batched_greedy_ei(search="grid")`` draws with
+    the same ``seed``)."""
     g = torch.Generator().manual_seed(seed)
     lo = torch.as_tensor(lower, dtype=torch.float64)
     hi = torch.as_tensor(upper, dtype=torch.float64)
     sign = 1.0 if maximise else -1.0
     with frozen(gp):
         l_mm, s = gp._chol_mm(), gp._s()
-        grid = lo + (hi - lo) * torch.rand(n_grid, len(lo), generator=g, dtype=torch.float64)
+
+        def signed_mean(x):
+            return sign * gp.latent(x, l_mm=l_mm, s=s)[0]
+
+        grid = _grid(lo, hi, n_grid, g)
         with torch.no_grad():
-            best_grid = gp.latent(grid, l_mm=l_mm, s=s)[0] * sign
-        x = _ascend(lambda x: sign * gp.latent(x, l_mm=l_mm, s=s)[0], grid[best_grid.argmax()][None], lo, hi,
-                    steps, lr)
+            best_grid = signed_mean(grid)
+        x = _lbfgs(signed_mean, grid[best_grid.argmax()], lo, hi, steps)
         with torch.no_grad():
-            best = max(float(best_grid.max()), float(sign * gp.latent(x, l_mm=l_mm, s=s)[0]))
+            best = max(float(best_grid.max()), float(signed_mean(x[None])[0]))
     return sign * best * gp.y_std + gp.y_mean

@@ -95,6 +95,7 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
     incumbent = gp_kw.pop("incumbent", "posterior-mean")
+    search = gp_kw.pop("ei_search", "grid")
     if backend == "botorch":
         try:
             from .botorch_gp import fit_and_propose
@@ -114,7 +115,7 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
         best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed)
     else:
         best = float(y_fit.max() if maximise else y_fit.min())
-    return batched_greedy_ei(gp, best, lower, upper, batch=batch, seed=seed, maximise=maximise), gp, metrics
+    return batched_greedy_ei(gp, best, lower, upper, batch=batch, search=search, seed=seed, maximise=maximise), gp, metrics
 
 
 def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, device) -> list[str | None]:
@@ -136,6 +137,8 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     settings = settings or {}
     if state_path.is_file():
         state = read_json(state_path)
+        if "settings" in state and "ei_search" not in state["settings"].get("gp", {}):
+            state["settings"]["gp"]["ei_search"] = "multistart"  # states from before the grid search
         if state.get("settings", settings) != settings:
             changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
             raise ConfigError(f"{state_path.parent.parent} holds a BO run with other settings ({', '.join(changed)}); "
@@ -227,7 +230,8 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
              scoring: str = "ours") -> dict:
     """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME): see the module docstring.
     ``gp_kw``: n_inducing, epochs, batch, lr, refit_epochs (warm refits; default: from scratch),
-    incumbent ("posterior-mean": the protocol; "observed": the best observed value), backend."""
+    incumbent ("posterior-mean": the protocol; "observed": the best observed value), ei_search
+    ("grid": the protocol; "multistart", see acquisition.py), backend."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
@@ -237,7 +241,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir, progress)
     if n_decode is None:
         n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
-    gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
+    gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean", "ei_search": "grid",
              **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
     # what a resumed run must share with the one it continues (more iterations are fine)
     settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
