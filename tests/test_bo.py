@@ -134,6 +134,18 @@ def test_optimize_cli_report_rescores_independently_and_resumes(run, tmp_path):
     # other settings in the same folder are refused instead of mixed in
     r = CliRunner().invoke(main, args[:-2] + ["--scoring", "gvae", "--out", str(tmp_path / "bo")])
     assert r.exit_code == 1 and "other settings" in r.output
+    # states written before the EI search was a setting were made by the multistart search
+    for seed in (1, 2):
+        path = tmp_path / "bo" / "state" / f"seed-{seed}.json"
+        old = json.loads(path.read_text())
+        del old["settings"]["gp"]["ei_search"]
+        path.write_text(json.dumps(old))
+    done = args[:4] + [str(run), "--iterations", "3"] + args[7:]
+    r = CliRunner().invoke(main, done + ["--ei-search", "grid"])
+    assert r.exit_code == 1 and "other settings (gp)" in r.output
+    r = CliRunner().invoke(main, done)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "bo" / "report.json").read_text())["evaluations"] == report2["evaluations"]
 
 
 def test_the_data_cache_is_keyed_by_the_runs_weights(run, tmp_path):
@@ -179,7 +191,8 @@ def test_batched_ei_beats_random_search_on_a_smooth_objective(search):
         x, y = z.copy(), f(z)
         for it in range(3):
             gp = SparseGP.fit(x, y, n_inducing=40, epochs=30, batch=400, lr=0.03, seed=seed * 10 + it)
-            best = posterior_mean_incumbent(gp, lower, upper, maximise=True, seed=it, n_grid=2000, steps=50)
+            best = posterior_mean_incumbent(gp, lower, upper, maximise=True, seed=it, n_grid=2000, steps=50,
+                                            search=search)
             pts = batched_greedy_ei(gp, best, lower, upper, batch=10, seed=it, search=search, n_grid=2000, maxiter=50,
                                     n_candidates=300, steps=25)
             x, y = np.concatenate([x, pts]), np.concatenate([y, f(pts)])

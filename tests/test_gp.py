@@ -89,6 +89,18 @@ def test_grid_search_refines_the_best_grid_point(gp):
     assert chosen > on_grid + 1e-3  # 50 grid points leave room; L-BFGS-B climbs from the best of them
 
 
+@pytest.mark.parametrize("search,apart", [("grid", 1e-4), ("multistart", 0.05)])
+def test_a_weak_incumbent_does_not_pile_the_batch_onto_one_point(gp, search, apart):
+    """An incumbent far below the GP's best mean (a local incumbent search can end there): the first
+    point improves on it without any variance, so unless the incumbent is raised, EI stays high there
+    after believing it and the next points land on it again (without: grid 0.0 apart, multistart 0.003)."""
+    _, y = data(1500, 0)
+    x = batched_greedy_ei(gp, best=float(np.median(y)), lower=np.array([-2, -2]), upper=np.array([2, 2]), batch=6,
+                          search=search, n_grid=500, maxiter=50, n_candidates=300, steps=20, seed=0)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(6, 1)]
+    assert d.min() > apart, d
+
+
 @pytest.mark.parametrize("search", ["grid", "multistart"])
 def test_batched_greedy_ei_spreads_its_batch_inside_the_box(gp, search):
     _, y = data(1500, 0)
