@@ -199,6 +199,9 @@ def ttq(out, dirs):
 
 
 if __name__ == "__main__":
+    commands = ("keep", "keep-bo", "ttq", "bo-rescored", "bo-plot", "models", "bo")
+    if len(sys.argv) < 3 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "keep":
         keep(rest[0], rest[1:])

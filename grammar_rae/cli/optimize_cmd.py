@@ -38,10 +38,10 @@ def _seeds(ctx, param, value):
 @click.option("--incumbent", type=click.Choice(["posterior-mean", "observed"]), default="posterior-mean",
               show_default=True, help="EI's incumbent: the best GP posterior mean over the search box (the GrammarVAE "
                                       "protocol) or the best value observed so far.")
-@click.option("--ei-search", type=click.Choice(["multistart", "grid"]), default="multistart", show_default=True,
-              help="How each batch point is searched for: multistart (2,000 fresh candidates per point, the best 10 "
-                   "refined by Adam; BENCHMARKS.md's Table 3 rows) or grid (the GrammarVAE's: the best of one "
-                   "10,000-point grid of the box, refined by L-BFGS-B on log EI; measured in BENCHMARKS.md).")
+@click.option("--ei-search", type=click.Choice(["grid", "multistart"]), default="grid", show_default=True,
+              help="How each batch point is searched for: grid (the GrammarVAE's, the protocol: the best of one "
+                   "10,000-point grid of the box, refined by L-BFGS-B on log EI) or multistart (2,000 fresh candidates "
+                   "per point, the best 10 refined by Adam: more distinct points per batch; the earlier Table 3 rows).")
 @click.option("--scoring", type=click.Choice(["ours", "gvae"]), default="ours", show_default=True,
               help="Expressions: ours (true division), or gvae -- the published code's Python 2 integer division "
                    "(1 / 3 == 0), to put numbers beside the paper's. See README, 'BO protocol'.")

@@ -95,7 +95,7 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
     incumbent = gp_kw.pop("incumbent", "posterior-mean")
-    search = gp_kw.pop("ei_search", "multistart")
+    search = gp_kw.pop("ei_search", "grid")
     if backend == "botorch":
         try:
             from .botorch_gp import fit_and_propose
@@ -231,7 +231,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME): see the module docstring.
     ``gp_kw``: n_inducing, epochs, batch, lr, refit_epochs (warm refits; default: from scratch),
     incumbent ("posterior-mean": the protocol; "observed": the best observed value), ei_search
-    ("multistart", or "grid": the GrammarVAE's search, see acquisition.py), backend."""
+    ("grid": the GrammarVAE's search, the protocol; "multistart", see acquisition.py), backend."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
@@ -242,7 +242,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     if n_decode is None:
         n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
     gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
-             "ei_search": "multistart",
+             "ei_search": "grid",
              **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
     # what a resumed run must share with the one it continues (more iterations are fine)
     settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
