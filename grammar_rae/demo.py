@@ -71,10 +71,14 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     write_lines(out / "interpolation.smi", path)
     log(f"      interpolation {a} -> {b} in 8 steps  -> {out / 'interpolation.png'}")
 
-    # 4. a short latent-space BO on penalised logP
+    # 4. a short latent-space BO on penalised logP, fresh each time (a state left by an earlier demo,
+    # perhaps of another version with other settings, would be resumed or refused)
     t0 = time.time()
+    import shutil
+
     from .optimize.bo import optimize
 
+    shutil.rmtree(out / "bo" / "state", ignore_errors=True)
     report = optimize("zinc-grae", "logp", out / "bo", iterations=3, batch=10, seeds=[1], n_decode=20, device="cpu",
                       gp_kw={"n_inducing": 100, "epochs": 15, "lr": 5e-3, "batch": 1000}, progress=False,
                       log=lambda msg: None, data_rows=bo_rows, cache_dir=cache_dir)

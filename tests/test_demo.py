@@ -1,5 +1,7 @@
 """`grammar-rae demo`: the first command shows the product -- the shipped molecule model's
 reconstructions, RDKit-checked samples, an interpolation, a short BO, then training."""
+import json
+
 import pytest
 from click.testing import CliRunner
 from rdkit import Chem
@@ -16,6 +18,10 @@ def test_a_small_demo_writes_what_it_reports(tmp_path):
     from grammar_rae.demo import run_demo
 
     lines = []
+    # an earlier demo's BO state with other settings (another version): the demo starts its BO afresh
+    (tmp_path / "demo" / "bo" / "state").mkdir(parents=True)
+    (tmp_path / "demo" / "bo" / "state" / "seed-1.json").write_text(json.dumps(
+        {"seed": 1, "train": [], "test": [], "iterations": [], "gp_test": None, "settings": {"gp": {"lr": 1.0}}}))
     facts = run_demo(tmp_path / "demo", n_recon=20, n_samples=40, bo_rows=300, expr_rows=1500, expr_epochs=1,
                      cache_dir=tmp_path / "cache", log=lines.append)
     out = tmp_path / "demo"
