@@ -137,8 +137,9 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     settings = settings or {}
     if state_path.is_file():
         state = read_json(state_path)
-        if "settings" in state and "ei_search" not in state["settings"].get("gp", {}):
-            state["settings"]["gp"]["ei_search"] = "multistart"  # states from before the grid search
+        gp_settings = state.get("settings", {}).get("gp")
+        if isinstance(gp_settings, dict) and "ei_search" not in gp_settings:
+            gp_settings["ei_search"] = "multistart"  # states from before the grid search were made by it
         if state.get("settings", settings) != settings:
             changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
             raise ConfigError(f"{state_path.parent.parent} holds a BO run with other settings ({', '.join(changed)}); "
