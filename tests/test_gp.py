@@ -76,14 +76,14 @@ def test_log_expected_improvement_is_accurate_where_ei_underflows():
 
 def test_grid_search_refines_the_best_grid_point(gp):
     """The GVAE's search: the first point's log EI is at least the best grid point's, which it starts from."""
-    from grammar_rae.optimize.acquisition import _grid
+    from grammar_rae.optimize.acquisition import Region
 
     _, y = data(1500, 0)
     lo, hi = torch.tensor([-2.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 2.0], dtype=torch.float64)
     f_best = (y.max() - gp.y_mean) / gp.y_std
     x = batched_greedy_ei(gp, best=y.max(), lower=lo.numpy(), upper=hi.numpy(), batch=1, n_grid=50, seed=3)
     with torch.no_grad():
-        grid = _grid(lo, hi, 50, torch.Generator().manual_seed(3))
+        grid = Region(lo, hi).grid(50, torch.Generator().manual_seed(3))
         on_grid = log_expected_improvement(*gp.latent(grid), f_best).max()
         chosen = log_expected_improvement(*gp.latent(torch.as_tensor(x)), f_best)[0]
     assert chosen > on_grid + 1e-3  # 50 grid points leave room; L-BFGS-B climbs from the best of them

@@ -42,6 +42,12 @@ def _seeds(ctx, param, value):
               help="How each batch point is searched for: grid (the GrammarVAE's, the protocol: the best of one "
                    "10,000-point grid of the box, refined by L-BFGS-B on log EI) or multistart (2,000 fresh candidates "
                    "per point, the best 10 refined by Adam: more distinct points per batch; the earlier Table 3 rows).")
+@click.option("--search-region", "region", type=click.Choice(["box", "density"]), default="box", show_default=True,
+              help="Where EI searches: box (the training codes' bounding box, the protocol) or density (only where a "
+                   "10-component GMM of the training codes has log-density above its --region-quantile over them: "
+                   "there the GP and the decoder were trained; grid search only). See BENCHMARKS.md, Table 3.")
+@click.option("--region-quantile", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01, show_default=True,
+              help="With --search-region density: the share of training codes left outside the region.")
 @click.option("--scoring", type=click.Choice(["ours", "gvae"]), default="ours", show_default=True,
               help="Expressions: ours (true division), or gvae -- the published code's Python 2 integer division "
                    "(1 / 3 == 0), to put numbers beside the paper's. See README, 'BO protocol'.")
@@ -51,7 +57,7 @@ def _seeds(ctx, param, value):
 @O.threads
 @O.out_dir("Output folder (resumable with the same settings).")
 def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
-             gp_lr, gp_backend, incumbent, ei_search, scoring, data_rows, device, threads, out):
+             gp_lr, gp_backend, incumbent, ei_search, region, region_quantile, scoring, data_rows, device, threads, out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
 
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
@@ -65,7 +71,8 @@ def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, ind
         torch.set_num_threads(threads)
 
     gp = {"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr, "refit_epochs": gp_refit_epochs,
-          "backend": gp_backend, "incumbent": incumbent, "ei_search": ei_search}
+          "backend": gp_backend, "incumbent": incumbent, "ei_search": ei_search,
+          "region": region, "region_quantile": region_quantile}
     report = run_bo(run_dir, objective, out, target=target, iterations=iterations, batch=batch, seeds=seeds,
                     n_decode=n_decode, device=device, gp_kw=gp, log=click.echo, data_rows=data_rows, scoring=scoring)
     s = report["summary"]

@@ -14,6 +14,11 @@ How each point is searched for (``search``):
   once (the same grid as the posterior-mean incumbent's); per point, the grid point of highest log EI
   refined by L-BFGS-B (150 iterations, box bounds) on log EI;
 - "multistart": 2,000 fresh uniform candidates per point, the best 10 refined by Adam on EI.
+
+Where (``density``, ``threshold``): the box, as the protocol; or the box cut to the ex-post density's
+high-density part {z : log p(z) ≥ τ} (:class:`Region`), for the grid search and the incumbent alike:
+the grid is drawn from the density instead of uniformly, and a local search that leaves the region
+is pulled back along its path to the region's edge.
 """
 from __future__ import annotations
 
@@ -49,6 +54,56 @@ def log_expected_improvement(mean: torch.Tensor, var: torch.Tensor, best: float)
     tail = (-0.5 * t * t - 0.5 * math.log(2 * math.pi) - 2 * torch.log(-t)
             + torch.log1p(-3 / t ** 2 + 15 / t ** 4 - 105 / t ** 6 + 945 / t ** 8))
     return sigma.log() + torch.where(u < -10, tail, direct)
+
+
+class Region:
+    """The search region: the box [lower, upper], optionally only where ``density.log_prob`` ≥
+    ``threshold`` (an :class:`~grammar_rae.density.ExPostDensity` fitted on the training codes).
+    Far from the codes the GP's mean extrapolates (posterior means far below every observed score)
+    and the decoder rarely finishes a valid string; the region keeps EI where both were trained."""
+
+    def __init__(self, lower, upper, density=None, threshold: float | None = None):
+        self.lo = torch.as_tensor(lower, dtype=torch.float64)
+        self.hi = torch.as_tensor(upper, dtype=torch.float64)
+        if (density is None) != (threshold is None):
+            raise ValueError("a density region needs both the density and its threshold")
+        self.density, self.threshold = density, threshold
+
+    def inside(self, x: torch.Tensor) -> np.ndarray:
+        """Which rows of ``x`` [n, d] lie in the region (the box is the caller's: L-BFGS-B's bounds)."""
+        if self.density is None:
+            return np.ones(len(x), dtype=bool)
+        return self.density.log_prob(x.detach().numpy()) >= self.threshold
+
+    def grid(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` points of the region: uniform in the box, or draws of the density inside the box
+        (clipped to it) that pass the threshold, drawn in rounds until there are ``n``."""
+        if self.density is None:
+            return self.lo + (self.hi - self.lo) * torch.rand(n, len(self.lo), generator=g, dtype=torch.float64)
+        kept = []
+        for _ in range(100):
+            seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
+            draw = torch.as_tensor(self.density.sample(2 * n, seed=seed), dtype=torch.float64)
+            draw = torch.maximum(torch.minimum(draw, self.hi), self.lo)
+            kept.append(draw[torch.as_tensor(self.inside(draw))])
+            if sum(len(k) for k in kept) >= n:
+                return torch.cat(kept)[:n]
+        raise ValueError(f"the density region is too small: fewer than {n} of {200 * n} draws passed "
+                         f"the threshold {self.threshold:.3g}")
+
+    def pull(self, start: torch.Tensor, x: torch.Tensor, steps: int = 30) -> torch.Tensor:
+        """``x`` if it is inside, else the furthest point of the segment start → x found inside by
+        bisection (``start`` is a grid point or a chosen point: inside)."""
+        if self.inside(x[None])[0] or not self.inside(start[None])[0]:
+            return x
+        a, b = 0.0, 1.0
+        for _ in range(steps):
+            mid = (a + b) / 2
+            if self.inside((start + mid * (x - start))[None])[0]:
+                a = mid
+            else:
+                b = mid
+        return start + a * (x - start)
 
 
 class BelievedGP:
@@ -97,8 +152,9 @@ class BelievedGP:
 def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.ndarray, batch: int = 50,
                       search: str = "grid", n_grid: int = 10_000, maxiter: int = 150, n_candidates: int = 2000,
                       n_starts: int = 10, steps: int = 100, lr: float = 0.05, seed: int = 0,
-                      maximise: bool = True) -> np.ndarray:
-    """``batch`` points in the box [lower, upper] chosen greedily by EI with the Kriging believer.
+                      maximise: bool = True, density=None, threshold: float | None = None) -> np.ndarray:
+    """``batch`` points in the box [lower, upper] chosen greedily by EI with the Kriging believer;
+    with ``density`` and ``threshold`` only where log p ≥ threshold (:class:`Region`, grid search).
 
     ``best`` is in the units of y; with ``maximise=False`` (e.g. the expression score) EI is taken
     on −y. ``search`` (module docstring): "grid" (``n_grid``, ``maxiter``; the grid is the one
@@ -106,20 +162,18 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
     ``n_starts``, ``steps``, ``lr``).
     """
     g = torch.Generator().manual_seed(seed)
-    lo = torch.as_tensor(lower, dtype=torch.float64)
-    hi = torch.as_tensor(upper, dtype=torch.float64)
+    region = Region(lower, upper, density, threshold)
+    lo, hi = region.lo, region.hi
     sign = 1.0 if maximise else -1.0
     f_best = sign * (best - gp.y_mean) / gp.y_std  # in the GP's standardised units, signed
+    if search not in ("grid", "multistart"):
+        raise ValueError(f"unknown EI search {search!r} (grid or multistart)")
+    if search == "multistart" and density is not None:
+        raise ValueError("the density region is searched by the grid search only (ei_search='grid')")
     with frozen(gp):  # only the query points are optimised
         if search == "grid":
-            return _greedy_grid(gp, f_best, sign, lo, hi, batch, _grid(lo, hi, n_grid, g), maxiter)
-        if search == "multistart":
-            return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
-    raise ValueError(f"unknown EI search {search!r} (grid or multistart)")
-
-
-def _grid(lo: torch.Tensor, hi: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, len(lo), generator=g, dtype=torch.float64)
+            return _greedy_grid(gp, f_best, sign, region, batch, region.grid(n_grid, g), maxiter)
+        return _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, g)
 
 
 def _lbfgs(f, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxiter: int) -> torch.Tensor:
@@ -141,8 +195,9 @@ def _lbfgs(f, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxiter: int
     return torch.as_tensor(r.x, dtype=torch.float64) if r.fun <= start else x0.clone()
 
 
-def _greedy_grid(gp, f_best, sign, lo, hi, batch, grid, maxiter) -> np.ndarray:
+def _greedy_grid(gp, f_best, sign, region: Region, batch, grid, maxiter) -> np.ndarray:
     believed = BelievedGP(gp)
+    lo, hi = region.lo, region.hi
 
     def log_ei(x):
         return log_expected_improvement(*_signed(believed.mean_var(x), sign), f_best)
@@ -151,13 +206,14 @@ def _greedy_grid(gp, f_best, sign, lo, hi, batch, grid, maxiter) -> np.ndarray:
     for _ in range(batch):
         with torch.no_grad():
             start = grid[log_ei(grid).argmax()]
-        x = _lbfgs(log_ei, start, lo, hi, maxiter)
-        f_best = _believe(believed, x, sign, f_best, lo, hi, maxiter)
+        x = region.pull(start, _lbfgs(log_ei, start, lo, hi, maxiter))
+        f_best = _believe(believed, x, sign, f_best, region, maxiter)
         chosen.append(x)
     return torch.stack(chosen).numpy()
 
 
-def _believe(believed: "BelievedGP", x: torch.Tensor, sign: float, f_best: float, lo, hi, maxiter: int = 150) -> float:
+def _believe(believed: "BelievedGP", x: torch.Tensor, sign: float, f_best: float, region: Region,
+             maxiter: int = 150) -> float:
     """Tell the believer about ``x``; returns the incumbent, raised (module docstring) when x's
     predicted mean beats it."""
     def signed_mean(v):
@@ -168,7 +224,7 @@ def _believe(believed: "BelievedGP", x: torch.Tensor, sign: float, f_best: float
     believed.believe(x)
     if mean <= f_best:
         return f_best
-    top = _lbfgs(signed_mean, x, lo, hi, maxiter)
+    top = region.pull(x, _lbfgs(signed_mean, x, region.lo, region.hi, maxiter))
     with torch.no_grad():
         return max(mean, float(signed_mean(top[None])[0]))
 
@@ -218,22 +274,25 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
             mean, var = believed.mean_var(starts)
             ei = expected_improvement(sign * mean, var, f_best)
         x = starts[ei.argmax()].detach()
-        f_best = _believe(believed, x, sign, f_best, lo, hi)
+        f_best = _believe(believed, x, sign, f_best, Region(lo, hi))
         chosen.append(x)
     return torch.stack(chosen).numpy()
 
 
 def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray, maximise: bool = True,
                              seed: int = 0, n_grid: int = 10_000, steps: int = 150, search: str = "grid",
-                             lr: float = 0.05) -> float:
+                             lr: float = 0.05, density=None, threshold: float | None = None) -> float:
     """The best GP posterior mean over the box, in the units of y: the EI incumbent of the
     GrammarVAE's ``batched_greedy_ei`` (a 10,000-point random grid, then a local search from its best
     point: with ``search="grid"`` L-BFGS-B for ``steps`` iterations, as theirs, on the grid that
     ``batched_greedy_ei(search="grid")`` draws with the same ``seed``; with "multistart" ``steps``
-    Adam steps clipped to the box, as BENCHMARKS.md's multistart rows ran)."""
+    Adam steps clipped to the box, as BENCHMARKS.md's multistart rows ran). ``density`` and
+    ``threshold``: over the density region only (:class:`Region`; grid search)."""
     g = torch.Generator().manual_seed(seed)
-    lo = torch.as_tensor(lower, dtype=torch.float64)
-    hi = torch.as_tensor(upper, dtype=torch.float64)
+    region = Region(lower, upper, density, threshold)
+    if search != "grid" and density is not None:
+        raise ValueError("the density region is searched by the grid search only (search='grid')")
+    lo, hi = region.lo, region.hi
     sign = 1.0 if maximise else -1.0
     with frozen(gp):
         l_mm, s = gp._chol_mm(), gp._s()
@@ -241,12 +300,12 @@ def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray,
         def signed_mean(x):
             return sign * gp.latent(x, l_mm=l_mm, s=s)[0]
 
-        grid = _grid(lo, hi, n_grid, g)
+        grid = region.grid(n_grid, g)
         with torch.no_grad():
             best_grid = signed_mean(grid)
         start = grid[best_grid.argmax()]
         if search == "grid":
-            x = _lbfgs(signed_mean, start, lo, hi, steps)[None]
+            x = region.pull(start, _lbfgs(signed_mean, start, lo, hi, steps))[None]
         else:
             x = _ascend(signed_mean, start[None], lo, hi, steps, lr)
         with torch.no_grad():

@@ -2,7 +2,8 @@
 
 Per seed: encode every dataset string (encoder means), score it, split 90/10 (seeded), fit the
 sparse GP on the 90%, report its test RMSE/log-likelihood; then ``iterations`` times: choose a batch
-of points by greedy EI in the box spanned by the training codes, decode each point ``n_decode``
+of points by greedy EI in the box spanned by the training codes (optionally only its part where an
+ex-post GMM of the training codes is dense: ``search_region``), decode each point ``n_decode``
 times by sampling and keep the most frequent valid string (none valid: the point is invalid and
 gets the worst training score), score, add the points to the GP's data and refit.
 State is saved after every iteration (``DIR/state/seed-S.json``), so an interrupted run resumes
@@ -87,16 +88,37 @@ def _initial_state(seed: int, n: int) -> dict:
             "gp_test": None}
 
 
-def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: int, warm, test, progress):
-    """Fit the GP on (x_fit, y_fit) and choose ``batch`` points in the box by batched greedy EI.
+def search_region(codes: np.ndarray, quantile: float, seed: int, max_rows: int = 50_000):
+    """The density region's (density, threshold): a 10-component GMM fitted on (a seeded sample of at
+    most ``max_rows`` of) the training codes, and the ``quantile`` of their log-density under it --
+    the region {z : log p(z) ≥ threshold} holds 1 − ``quantile`` of the codes."""
+    from ..density import make_density
+
+    if not 0.0 <= quantile < 1.0:
+        raise ConfigError(f"the density region's quantile must be in [0, 1), got {quantile}")
+    rng = np.random.default_rng(seed)
+    fit_on = codes if len(codes) <= max_rows else codes[np.sort(rng.choice(len(codes), max_rows, replace=False))]
+    density = make_density("gmm", k=10, seed=seed).fit(fit_on)
+    return density, float(np.quantile(density.log_prob(fit_on), quantile))
+
+
+def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: int, warm, test, progress,
+             region=(None, None)):
+    """Fit the GP on (x_fit, y_fit) and choose ``batch`` points in the box (and the density
+    ``region`` = (density, threshold) if given) by batched greedy EI.
     Returns (points, GP, test metrics or None)."""
     lower, upper = box
+    density, threshold = region
     gp_kw = dict(gp_kw)
+    for k in ("region", "region_quantile"):  # the region arrives fitted, in ``region``
+        gp_kw.pop(k, None)
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
     incumbent = gp_kw.pop("incumbent", "posterior-mean")
     search = gp_kw.pop("ei_search", "grid")
     if backend == "botorch":
+        if density is not None:
+            raise ConfigError("the density search region needs the native GP backend (--gp native)")
         try:
             from .botorch_gp import fit_and_propose
         except ImportError as e:
@@ -112,10 +134,13 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
         gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, **gp_kw)
     metrics = gp.test_metrics(*test) if test else None
     if incumbent == "posterior-mean":  # the GVAE's batched_greedy_ei
-        best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=search)
+        best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=search, density=density,
+                                        threshold=threshold)
     else:
         best = float(y_fit.max() if maximise else y_fit.min())
-    return batched_greedy_ei(gp, best, lower, upper, batch=batch, search=search, seed=seed, maximise=maximise), gp, metrics
+    points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=search, seed=seed, maximise=maximise,
+                               density=density, threshold=threshold)
+    return points, gp, metrics
 
 
 def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, device) -> list[str | None]:
@@ -152,6 +177,11 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
     worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
     box = (z[tr].min(0), z[tr].max(0))  # the acquisition box: the training codes' bounding box
+    region = (None, None)
+    if gp_kw.get("region", "box") == "density":
+        if gp_kw.get("ei_search", "grid") != "grid":
+            raise ConfigError("the density search region is searched by the grid EI search (--ei-search grid)")
+        region = search_region(z[tr], gp_kw.get("region_quantile", 0.01), seed)
     gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
@@ -160,7 +190,7 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
         test = (z[te], y[te]) if state["gp_test"] is None else None
         points, gp, metrics = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp, test,
-                                       progress)
+                                       progress, region)
         if metrics is not None:
             state["gp_test"] = metrics
             log(f"seed {seed}: sparse GP on the test split: RMSE {metrics['rmse']:.3f}, "
@@ -232,7 +262,9 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME): see the module docstring.
     ``gp_kw``: n_inducing, epochs, batch, lr, refit_epochs (warm refits; default: from scratch),
     incumbent ("posterior-mean": the protocol; "observed": the best observed value), ei_search
-    ("grid": the GrammarVAE's search, the protocol; "multistart", see acquisition.py), backend."""
+    ("grid": the GrammarVAE's search, the protocol; "multistart", see acquisition.py), region ("box":
+    the protocol; "density": only where a GMM of the training codes has log-density above its
+    ``region_quantile`` over them, see :func:`search_region`), backend."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
@@ -243,8 +275,12 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     if n_decode is None:
         n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
     gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
-             "ei_search": "grid",
-             **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
+             "ei_search": "grid", **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
+    if gp_kw.get("region", "box") == "density":
+        gp_kw.setdefault("region_quantile", 0.01)
+    else:  # the box, the protocol: no keys, so the settings of runs from before the region resume
+        gp_kw.pop("region", None)
+        gp_kw.pop("region_quantile", None)
     # what a resumed run must share with the one it continues (more iterations are fine)
     settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
                 "gp": {k: v for k, v in gp_kw.items()}}
