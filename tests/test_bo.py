@@ -230,3 +230,33 @@ def test_optimize_with_the_botorch_route(run, tmp_path):
     report = json.loads((tmp_path / "bo" / "report.json").read_text())
     assert report["gp"]["backend"] == "botorch" and len(report["evaluations"]) == 2
     assert report["summary"]["gp_test"][0]["rmse"] > 0
+
+
+def test_optimize_cli_density_region(run, tmp_path):
+    """--search-region density: every chosen point lies in the region fitted on the seed's training
+    codes; the box (the protocol) leaves no region keys in the settings, so older runs resume; the
+    multistart search refuses the region with a message."""
+    import numpy as np
+
+    from grammar_rae.optimize.bo import search_region
+
+    args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
+            "--seeds", "1", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
+            "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--search-region", "density", "--region-quantile", "0.2",
+                                         "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    state = json.loads((tmp_path / "d" / "state" / "seed-1.json").read_text())
+    assert state["settings"]["gp"]["region"] == "density" and state["settings"]["gp"]["region_quantile"] == 0.2
+    z = np.load(next((tmp_path / "d").glob("data-*.npz")))["z"]
+    density, tau = search_region(z[state["train"]], 0.2, seed=1)
+    points = np.array([p for it in state["iterations"] for p in it["points"]])
+    assert points.shape == (6, z.shape[1]) and (density.log_prob(points) >= tau - 1e-9).all()
+    assert (density.log_prob(z[state["train"]]) >= tau).mean() < 0.81  # 20% of the codes lie outside
+    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    gp = json.loads((tmp_path / "b" / "state" / "seed-1.json").read_text())["settings"]["gp"]
+    assert "region" not in gp and "region_quantile" not in gp
+    r = CliRunner().invoke(main, args + ["--search-region", "density", "--ei-search", "multistart",
+                                         "--out", str(tmp_path / "m")])
+    assert r.exit_code == 1 and "grid EI search" in r.output, r.output

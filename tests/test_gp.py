@@ -186,3 +186,53 @@ def test_elbo_equals_hensman_eq4_written_out_point_by_point():
     assert abs(v1 - v2) < 1e-8 * abs(v2)
     for a, b in zip(g1, g2):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def corner_region():
+    """A Gaussian density of codes around (−0.5, 1.5), std 0.3, and its 1% log-density quantile: a disk
+    of radius ≈ 0.9 where the function stays below 0.58, leaving out its maximum (1.52 at (−1.58, −0.16))."""
+    from grammar_rae.density import make_density
+
+    codes = np.random.default_rng(0).normal((-0.5, 1.5), 0.3, size=(4000, 2))
+    density = make_density("gaussian").fit(codes)
+    return density, float(np.quantile(density.log_prob(codes), 0.01))
+
+
+def test_region_grid_and_pull_stay_inside_the_density_region(corner_region):
+    from grammar_rae.optimize.acquisition import Region
+
+    density, tau = corner_region
+    region = Region(np.array([-2.0, -2.0]), np.array([2.0, 2.0]), density, tau)
+    grid = region.grid(500, torch.Generator().manual_seed(0))
+    assert grid.shape == (500, 2) and (density.log_prob(grid.numpy()) >= tau).all()
+    assert (grid >= -2).all() and (grid <= 2).all() and grid.std(0).min() > 0.2  # spread over the disk
+    start, outside = torch.tensor([-0.5, 1.5], dtype=torch.float64), torch.tensor([1.5, -1.5], dtype=torch.float64)
+    x = region.pull(start, outside)
+    t = (x - start) / (outside - start)
+    assert torch.allclose(t[0], t[1]) and 0 < t[0] < 1  # on the segment start → outside
+    lp = density.log_prob(x.numpy()[None])[0]
+    assert tau <= lp < tau + 0.01  # at the region's edge
+    inside = torch.tensor([-0.7, 1.6], dtype=torch.float64)
+    assert torch.equal(region.pull(start, inside), inside)  # inside: unchanged
+
+
+def test_density_region_keeps_ei_and_the_incumbent_inside_it(gp, corner_region):
+    """The GP's maximum lies outside the region: the box's search goes there, the region's does not,
+    and the region's incumbent is its own best mean (below the box's)."""
+    from grammar_rae.optimize.acquisition import posterior_mean_incumbent
+
+    density, tau = corner_region
+    box = dict(lower=np.array([-2, -2]), upper=np.array([2, 2]), seed=0, n_grid=500)
+    inc_box = posterior_mean_incumbent(gp, steps=50, **box)
+    inc_region = posterior_mean_incumbent(gp, steps=50, density=density, threshold=tau, **box)
+    x_box = batched_greedy_ei(gp, inc_box, batch=4, maxiter=50, **box)
+    x_region = batched_greedy_ei(gp, inc_region, batch=4, maxiter=50, density=density, threshold=tau, **box)
+    assert (density.log_prob(x_region) >= tau - 1e-9).all()
+    assert (density.log_prob(x_box) < tau).any()
+    disk = torch.as_tensor(np.random.default_rng(1).normal((-0.5, 1.5), 0.3, size=(20000, 2)))
+    disk = disk[torch.as_tensor(density.log_prob(disk.numpy()) >= tau)]
+    best_in_disk = gp.predict(disk)[0].max()
+    assert best_in_disk - 0.02 <= inc_region < inc_box - 0.3, (inc_region, best_in_disk, inc_box)
+    with pytest.raises(ValueError, match="grid search only"):
+        batched_greedy_ei(gp, inc_region, batch=1, search="multistart", density=density, threshold=tau, **box)
