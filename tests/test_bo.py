@@ -259,4 +259,4 @@ def test_optimize_cli_density_region(run, tmp_path):
     assert "region" not in gp and "region_quantile" not in gp
     r = CliRunner().invoke(main, args + ["--search-region", "density", "--ei-search", "multistart",
                                          "--out", str(tmp_path / "m")])
-    assert r.exit_code == 1 and "grid EI search" in r.output, r.output
+    assert r.exit_code == 1 and "grid EI search" in r.output and "encoding" not in r.output, r.output

@@ -94,8 +94,6 @@ def search_region(codes: np.ndarray, quantile: float, seed: int, max_rows: int =
     the region {z : log p(z) ≥ threshold} holds 1 − ``quantile`` of the codes."""
     from ..density import make_density
 
-    if not 0.0 <= quantile < 1.0:
-        raise ConfigError(f"the density region's quantile must be in [0, 1), got {quantile}")
     rng = np.random.default_rng(seed)
     fit_on = codes if len(codes) <= max_rows else codes[np.sort(rng.choice(len(codes), max_rows, replace=False))]
     density = make_density("gmm", k=10, seed=seed).fit(fit_on)
@@ -117,8 +115,6 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
     incumbent = gp_kw.pop("incumbent", "posterior-mean")
     search = gp_kw.pop("ei_search", "grid")
     if backend == "botorch":
-        if density is not None:
-            raise ConfigError("the density search region needs the native GP backend (--gp native)")
         try:
             from .botorch_gp import fit_and_propose
         except ImportError as e:
@@ -178,8 +174,6 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
     box = (z[tr].min(0), z[tr].max(0))  # the acquisition box: the training codes' bounding box
     region, gp = None, None
-    if gp_kw.get("region", "box") == "density" and gp_kw.get("ei_search", "grid") != "grid":
-        raise ConfigError("the density search region is searched by the grid EI search (--ei-search grid)")
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
         if region is None:  # fitted once per seed, on the training codes only (not when all is done)
@@ -270,17 +264,22 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     run_dir, out = resolve_run(run_dir), Path(out)
     obj = get_objective(objective, target, scoring=scoring)
     dev = resolve_device(device)
-    out.mkdir(parents=True, exist_ok=True)
-    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir, progress)
-    if n_decode is None:
-        n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
     gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
              "ei_search": "grid", **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
     if gp_kw.get("region", "box") == "density":
         gp_kw.setdefault("region_quantile", 0.01)
+        if gp_kw["ei_search"] != "grid" or gp_kw.get("backend", "native") != "native":
+            raise ConfigError("the density search region is searched by the grid EI search (--ei-search grid) "
+                              "of the native GP (--gp native)")
+        if not 0.0 <= gp_kw["region_quantile"] < 1.0:
+            raise ConfigError(f"the density region's quantile must be in [0, 1), got {gp_kw['region_quantile']}")
     else:  # the box, the protocol: no keys, so the settings of runs from before the region resume
         gp_kw.pop("region", None)
         gp_kw.pop("region_quantile", None)
+    out.mkdir(parents=True, exist_ok=True)
+    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir, progress)
+    if n_decode is None:
+        n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
     # what a resumed run must share with the one it continues (more iterations are fine)
     settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
                 "gp": {k: v for k, v in gp_kw.items()}}
