@@ -1,7 +1,8 @@
 """Why BO searches the training codes' dense region (`--search-region density`, BENCHMARKS.md): the
 measurements behind it, on finished BO folders (their cached codes and seed splits).
 
-    python bench/bo_region.py gp BO_DIR [--seed 1]        # GP fits: test fit and the mean over the box
+    python bench/bo_region.py gp BO_DIR [--seed 1] [--inducing 500] [--fits shipped,collapsed,...]
+                                                          # GP fits: test fit and the mean over the box
     python bench/bo_region.py decode BO_DIR RUN [--n 50]  # decodes of box points against dense-region points
     python bench/bo_region.py target BO_DIR RUN TARGET    # decodes at and around the best data string's code
 
@@ -50,14 +51,17 @@ def _collapsed_optimum(gp: SparseGP, x: torch.Tensor, ys: torch.Tensor) -> None:
         gp.q_sqrt.copy_(torch.linalg.cholesky(torch.cholesky_inverse(chol)))
 
 
-def gp_fits(bo_dir: Path, seed: int) -> None:
+FITS = ("shipped", "collapsed", "jitter", "epochs50", "zero")
+
+
+def gp_fits(bo_dir: Path, seed: int, inducing: int = 500, which=FITS) -> None:
     z, y, _, split = _folder(bo_dir, seed)
     if split is None:
         raise SystemExit(f"{bo_dir} has no state for seed {seed}")
     tr, te = np.array(split["train"]), np.array(split["test"])
     lo, hi = z[tr].min(0), z[tr].max(0)
     box = lo + np.random.default_rng(0).random((10_000, z.shape[1])) * (hi - lo)
-    kw = dict(epochs=10, lr=0.005, seed=seed * 1000 + 1)
+    kw = dict(epochs=10, lr=0.005, seed=seed * 1000 + 1, n_inducing=inducing)
 
     def jittered(scale):
         def chol(self):
@@ -76,7 +80,8 @@ def gp_fits(bo_dir: Path, seed: int) -> None:
             ("jitter 1e-2 instead of 1e-6", None),
             ("50 epochs", lambda: SparseGP.fit(z[tr], y[tr], **{**kw, "epochs": 50})),
             ("q(u) from zero", lambda: SparseGP.fit(z[tr], y[tr], init_from_targets=False, **kw))]
-    print(f"scores: min {y.min():.3f}, max {y.max():.3f}, mean {y.mean():.3f}; {len(tr)} training codes of dim {z.shape[1]}")
+    fits = [f for key, f in zip(FITS, fits) if key in which]
+    print(f"{inducing} inducing points; scores: min {y.min():.3f}, max {y.max():.3f}, mean {y.mean():.3f}; {len(tr)} training codes of dim {z.shape[1]}")
     higher = json.loads((bo_dir / "report.json").read_text())["summary"]["higher_is_better"]
     best = int(np.argmax(y) if higher else np.argmin(y))
     print(f"best data string: {y[best]:.3f} (row {best}, in the {'training' if best in set(tr.tolist()) else 'test'} split)")
@@ -160,6 +165,8 @@ def main():
     g = sub.add_parser("gp")
     g.add_argument("bo_dir", type=Path)
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--inducing", type=int, default=500)
+    g.add_argument("--fits", default=",".join(FITS), help=f"comma-separated, of {', '.join(FITS)}")
     d = sub.add_parser("decode")
     d.add_argument("bo_dir", type=Path)
     d.add_argument("run")
@@ -173,7 +180,10 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.what == "gp":
-        gp_fits(a.bo_dir, a.seed)
+        unknown = set(a.fits.split(",")) - set(FITS)
+        if unknown:
+            p.error(f"unknown fits {sorted(unknown)}; choose from {', '.join(FITS)}")
+        gp_fits(a.bo_dir, a.seed, a.inducing, a.fits.split(","))
     elif a.what == "decode":
         decodes(a.bo_dir, a.run, a.n)
     else:
