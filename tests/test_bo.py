@@ -235,7 +235,7 @@ def test_optimize_with_the_botorch_route(run, tmp_path):
 def test_optimize_cli_density_region(run, tmp_path):
     """--search-region density: every chosen point lies in the region fitted on the seed's training
     codes; the box (the protocol) leaves no region keys in the settings, so older runs resume; the
-    multistart search refuses the region with a message."""
+    multistart search refuses the region with a message, before encoding anything."""
     import numpy as np
 
     from grammar_rae.optimize.bo import search_region

@@ -189,7 +189,7 @@ def test_elbo_equals_hensman_eq4_written_out_point_by_point():
 
 
 @pytest.fixture(scope="module")
-def corner_region():
+def disk_region():
     """A Gaussian density of codes around (−0.5, 1.5), std 0.3, and its 1% log-density quantile: a disk
     of radius ≈ 0.9 where the function stays below 0.58, leaving out its maximum (1.52 at (−1.58, −0.16))."""
     from grammar_rae.density import make_density
@@ -199,10 +199,10 @@ def corner_region():
     return density, float(np.quantile(density.log_prob(codes), 0.01))
 
 
-def test_region_grid_and_pull_stay_inside_the_density_region(corner_region):
+def test_region_grid_and_pull_stay_inside_the_density_region(disk_region):
     from grammar_rae.optimize.acquisition import Region
 
-    density, tau = corner_region
+    density, tau = disk_region
     region = Region(np.array([-2.0, -2.0]), np.array([2.0, 2.0]), density, tau)
     grid = region.grid(500, torch.Generator().manual_seed(0))
     assert grid.shape == (500, 2) and (density.log_prob(grid.numpy()) >= tau).all()
@@ -217,12 +217,12 @@ def test_region_grid_and_pull_stay_inside_the_density_region(corner_region):
     assert torch.equal(region.pull(start, inside), inside)  # inside: unchanged
 
 
-def test_density_region_keeps_ei_and_the_incumbent_inside_it(gp, corner_region):
+def test_density_region_keeps_ei_and_the_incumbent_inside_it(gp, disk_region):
     """The GP's maximum lies outside the region: the box's search goes there, the region's does not,
     and the region's incumbent is its own best mean (below the box's)."""
     from grammar_rae.optimize.acquisition import posterior_mean_incumbent
 
-    density, tau = corner_region
+    density, tau = disk_region
     box = dict(lower=np.array([-2, -2]), upper=np.array([2, 2]), seed=0, n_grid=500)
     inc_box = posterior_mean_incumbent(gp, steps=50, **box)
     inc_region = posterior_mean_incumbent(gp, steps=50, density=density, threshold=tau, **box)
