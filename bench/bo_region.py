@@ -10,7 +10,7 @@ gp: the sparse GP of the BO's first iteration (10 epochs at lr 5e-3, the tables'
 on the seed's training split in several ways; for each, the test RMSE / log-likelihood and the min / max
 of the posterior mean over 10,000 uniform points of the training codes' box (scores lie in the data's
 range; the min is the protocol's EI incumbent). decode: ``--n`` uniform points of the box and ``--n``
-draws of a 10-component GMM of the codes inside its 1% log-density quantile, each decoded 500 times
+points of the density region's grid (``bo.search_region`` on all codes, 1% quantile), each decoded 500 times
 (the molecule protocol), the most frequent valid string kept. target: the best-scoring data string's
 code and points around it at 0.1, 0.3 and 1.0 code standard deviations, decoded 25 times each.
 """
@@ -25,10 +25,10 @@ from grammar_rae.optimize.gp import SparseGP
 
 
 def _folder(bo_dir: Path, seed: int):
-    (cache,) = sorted(bo_dir.glob("data-*.npz"))[:1] or [None]
-    if cache is None:
+    caches = sorted(bo_dir.glob("data-*.npz"))
+    if not caches:
         raise SystemExit(f"{bo_dir} holds no cached codes (data-*.npz): run `grammar-rae optimize` there first")
-    with np.load(cache, allow_pickle=False) as f:
+    with np.load(caches[0], allow_pickle=False) as f:
         z, y, strings = f["z"], f["y"], f["strings"]
     state = bo_dir / "state" / f"seed-{seed}.json"
     split = json.loads(state.read_text()) if state.is_file() else None
@@ -113,20 +113,17 @@ def _row(gp, z, y, tr, te, box, best) -> str:
 
 
 def decodes(bo_dir: Path, run: str, n: int) -> None:
-    from grammar_rae.density import make_density
-    from grammar_rae.optimize.bo import decode_points
+    from grammar_rae.optimize.acquisition import Region
+    from grammar_rae.optimize.bo import decode_points, search_region
     from grammar_rae.optimize.objectives import get_objective
     from grammar_rae.pretrained import resolve_run
     from grammar_rae.run import load_run
 
     z, _, _, _ = _folder(bo_dir, 1)
-    rng = np.random.default_rng(0)
-    sub = z[rng.choice(len(z), min(len(z), 50_000), replace=False)]
-    density = make_density("gmm", k=10).fit(sub)
-    tau = np.quantile(density.log_prob(sub), 0.01)
-    draws = density.sample(20 * n, seed=1)
-    region = draws[density.log_prob(draws) >= tau][:n]
-    box = z.min(0) + rng.random((n, z.shape[1])) * (z.max(0) - z.min(0))
+    # the region and grid `--search-region density` uses (fitted on all codes here, not a seed's split)
+    space = Region(z.min(0), z.max(0), *search_region(z, 0.01, seed=0))
+    region = space.grid(n, torch.Generator().manual_seed(1)).numpy()
+    box = Region(z.min(0), z.max(0)).grid(n, torch.Generator().manual_seed(0)).numpy()
     net, _ = load_run(resolve_run(run), device="cpu")
     obj = get_objective("logp")
     for name, points in (("uniform in the box", box), ("GMM draws in the 1% region", region)):

@@ -173,12 +173,11 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
     worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
     box = (z[tr].min(0), z[tr].max(0))  # the acquisition box: the training codes' bounding box
-    region, gp = None, None
+    region, gp = (None, None), None
+    if gp_kw.get("region") == "density" and len(state["iterations"]) < iterations:  # once per seed, training codes
+        region = search_region(z[tr], gp_kw["region_quantile"], seed)
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
-        if region is None:  # fitted once per seed, on the training codes only (not when all is done)
-            region = (search_region(z[tr], gp_kw.get("region_quantile", 0.01), seed)
-                      if gp_kw.get("region", "box") == "density" else (None, None))
         t0 = time.time()
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
