@@ -260,3 +260,34 @@ def test_optimize_cli_density_region(run, tmp_path):
     r = CliRunner().invoke(main, args + ["--search-region", "density", "--ei-search", "multistart",
                                          "--out", str(tmp_path / "m")])
     assert r.exit_code == 1 and "grid EI search" in r.output and "encoding" not in r.output, r.output
+
+
+def test_optimize_cli_trust_region(run, tmp_path):
+    """--search-region trust: every chosen point lies in its iteration's recorded trust region, which holds the best point
+    observed before that iteration and is smaller than the box; BoTorch is refused before encoding."""
+    import numpy as np
+
+    args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
+            "--seeds", "1", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
+            "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--search-region", "trust", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    state = json.loads((tmp_path / "t" / "state" / "seed-1.json").read_text())
+    assert state["settings"]["gp"]["region"] == "trust" and "region_quantile" not in state["settings"]["gp"]
+    data = np.load(next((tmp_path / "t").glob("data-*.npz")))
+    z, y = data["z"], data["y"]
+    x_seen, y_seen = z[state["train"]], y[state["train"]]
+    box_lo, box_hi = x_seen.min(0), x_seen.max(0)
+    assert [it["trust"]["length"] for it in state["iterations"]][0] == 0.8
+    for it in state["iterations"]:
+        lo, hi = np.array(it["trust"]["lower"]), np.array(it["trust"]["upper"])
+        points = np.array(it["points"])
+        assert ((points >= lo - 1e-9) & (points <= hi + 1e-9)).all()
+        best = x_seen[np.argmin(y_seen)]  # the region's centre where the box does not cut it
+        uncut = (lo > box_lo) & (hi < box_hi)
+        assert uncut.any() and np.allclose(((lo + hi) / 2)[uncut], best[uncut])
+        assert np.prod((hi - lo) / (box_hi - box_lo)) < 0.8 ** z.shape[1] + 1e-12
+        x_seen = np.concatenate([x_seen, points])
+        y_seen = np.concatenate([y_seen, [e["score"] for e in it["evaluations"]]])
+    r = CliRunner().invoke(main, args + ["--search-region", "trust", "--gp", "botorch", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "lengthscales" in r.output and "encoding" not in r.output, r.output

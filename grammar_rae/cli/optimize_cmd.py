@@ -42,10 +42,13 @@ def _seeds(ctx, param, value):
               help="How each batch point is searched for: grid (the GrammarVAE's, the protocol: the best of one "
                    "10,000-point grid of the box, refined by L-BFGS-B on log EI) or multistart (2,000 fresh candidates "
                    "per point, the best 10 refined by Adam: more distinct points per batch; the earlier Table 3 rows).")
-@click.option("--search-region", "region", type=click.Choice(["box", "density"]), default="box", show_default=True,
-              help="Where EI searches: box (the training codes' bounding box, the protocol) or density (only where a "
+@click.option("--search-region", "region", type=click.Choice(["box", "density", "trust"]), default="box",
+              show_default=True,
+              help="Where EI searches: box (the training codes' bounding box, the protocol); density (only where a "
                    "10-component GMM of the training codes has log-density above its --region-quantile over them: "
-                   "there the GP and the decoder were trained; grid search only). See BENCHMARKS.md, Table 3.")
+                   "there the GP and the decoder were trained; grid search only); or trust (TuRBO's trust region: a "
+                   "box around the best point so far, shaped by the GP's lengthscales, halved after batches that "
+                   "do not improve, doubled after three that do). See BENCHMARKS.md, Table 3.")
 @click.option("--region-quantile", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01, show_default=True,
               help="With --search-region density: the share of training codes left outside the region.")
 @click.option("--scoring", type=click.Choice(["ours", "gvae"]), default="ours", show_default=True,

@@ -3,7 +3,8 @@
 Per seed: encode every dataset string (encoder means), score it, split 90/10 (seeded), fit the
 sparse GP on the 90%, report its test RMSE/log-likelihood; then ``iterations`` times: choose a batch
 of points by greedy EI in the box spanned by the training codes (optionally only its part where an
-ex-post GMM of the training codes is dense: ``search_region``), decode each point ``n_decode``
+ex-post GMM of the training codes is dense: ``search_region``; or a TuRBO trust region around the
+best point so far: trust.py), decode each point ``n_decode``
 times by sampling and keep the most frequent valid string (none valid: the point is invalid and
 gets the worst training score), score, add the points to the GP's data and refit.
 State is saved after every iteration (``DIR/state/seed-S.json``), so an interrupted run resumes
@@ -22,6 +23,7 @@ from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
 from ..train import resolve_device
 from .acquisition import batched_greedy_ei, posterior_mean_incumbent
+from . import trust as turbo
 from .gp import SparseGP
 from .objectives import Objective, get_objective
 
@@ -101,14 +103,15 @@ def search_region(codes: np.ndarray, quantile: float, seed: int, max_rows: int =
 
 
 def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: int, warm, test, progress,
-             region=(None, None)):
+             region=(None, None), trust=None):
     """Fit the GP on (x_fit, y_fit) and choose ``batch`` points in the box (and the density
-    ``region`` = (density, threshold) if given) by batched greedy EI.
-    Returns (points, GP, test metrics or None)."""
+    ``region`` = (density, threshold) if given; or the trust region ``trust`` = (centre, L), sized
+    by the fitted GP's lengthscales) by batched greedy EI.
+    Returns (points, GP, test metrics or None, the (lower, upper) searched)."""
     lower, upper = box
     density, threshold = region
     gp_kw = dict(gp_kw)
-    for k in ("region", "region_quantile"):  # the region arrives fitted, in ``region``
+    for k in ("region", "region_quantile"):  # the region arrives built, in ``region`` or ``trust``
         gp_kw.pop(k, None)
     refit_epochs = gp_kw.pop("refit_epochs", None)
     backend = gp_kw.pop("backend", "native")
@@ -123,12 +126,14 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
             x_fit, y_fit, lower, upper, batch, maximise, n_inducing=gp_kw["n_inducing"], epochs=gp_kw["epochs"],
             lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed, x_test=test[0] if test else None,
             y_test=test[1] if test else None)
-        return points, None, metrics
+        return points, None, metrics, box
     if warm is not None and refit_epochs:  # warm start from the previous iteration's GP
         gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, init=warm, **{**gp_kw, "epochs": refit_epochs})
     else:
         gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, **gp_kw)
     metrics = gp.test_metrics(*test) if test else None
+    if trust is not None:
+        lower, upper = turbo.box(*trust, gp.log_lengthscale.detach().exp().numpy(), lower, upper)
     if incumbent == "posterior-mean":  # the GVAE's batched_greedy_ei
         best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=search, density=density,
                                         threshold=threshold)
@@ -136,7 +141,7 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: i
         best = float(y_fit.max() if maximise else y_fit.min())
     points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=search, seed=seed, maximise=maximise,
                                density=density, threshold=threshold)
-    return points, gp, metrics
+    return points, gp, metrics, (lower, upper)
 
 
 def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, device) -> list[str | None]:
@@ -182,8 +187,14 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
         test = (z[te], y[te]) if state["gp_test"] is None else None
-        points, gp, metrics = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp, test,
-                                       progress, region)
+        trust = None
+        if gp_kw.get("region") == "trust":  # centred at the best point so far, L replayed from the history
+            length = turbo.lengths(float(y[tr].max() if maximise else y[tr].min()),
+                                   [[e["score"] for e in i["evaluations"]] for i in state["iterations"]],
+                                   z.shape[1], batch, maximise)[-1]
+            trust = (x_fit[int(np.argmax(y_fit) if maximise else np.argmin(y_fit))], length)
+        points, gp, metrics, searched = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp,
+                                                 test, progress, region, trust)
         if metrics is not None:
             state["gp_test"] = metrics
             log(f"seed {seed}: sparse GP on the test split: RMSE {metrics['rmse']:.3f}, "
@@ -193,8 +204,10 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
         scores = objective(chosen)
         evaluations = [{"seed": seed, "iteration": it, "string": s, "valid": s is not None,
                         "score": float(sc) if s is not None else worst} for s, sc in zip(chosen, scores)]
-        state["iterations"].append({"points": points.tolist(), "evaluations": evaluations,
-                                    "seconds": round(time.time() - t0, 1)})
+        record = {"points": points.tolist(), "evaluations": evaluations, "seconds": round(time.time() - t0, 1)}
+        if trust is not None:
+            record["trust"] = {"length": trust[1], "lower": searched[0].tolist(), "upper": searched[1].tolist()}
+        state["iterations"].append(record)
         x_extra += list(points)
         y_extra += [e["score"] for e in evaluations]
         write_json(state_path, state)
@@ -257,7 +270,8 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     incumbent ("posterior-mean": the protocol; "observed": the best observed value), ei_search
     ("grid": the GrammarVAE's search, the protocol; "multistart", see acquisition.py), region ("box":
     the protocol; "density": only where a GMM of the training codes has log-density above its
-    ``region_quantile`` over them, see :func:`search_region`), backend."""
+    ``region_quantile`` over them, see :func:`search_region`; "trust": TuRBO's trust region around
+    the best point so far, see trust.py), backend."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
@@ -272,6 +286,10 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
                               "of the native GP (--gp native)")
         if not 0.0 <= gp_kw["region_quantile"] < 1.0:
             raise ConfigError(f"the density region's quantile must be in [0, 1), got {gp_kw['region_quantile']}")
+    elif gp_kw.get("region") == "trust":
+        gp_kw.pop("region_quantile", None)
+        if gp_kw.get("backend", "native") != "native":
+            raise ConfigError("the trust region is sized by the native GP's lengthscales (--gp native)")
     else:  # the box, the protocol: no keys, so the settings of runs from before the region resume
         gp_kw.pop("region", None)
         gp_kw.pop("region_quantile", None)
