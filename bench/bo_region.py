@@ -5,6 +5,7 @@ measurements behind it, on finished BO folders (their cached codes and seed spli
                                                           # GP fits: test fit and the mean over the box
     python bench/bo_region.py decode BO_DIR RUN [--n 50]  # decodes of box points against dense-region points
     python bench/bo_region.py target BO_DIR RUN TARGET    # decodes at and around the best data string's code
+    python bench/bo_region.py trust BO_DIR                # a --search-region trust run, seed by seed
 
 gp: the sparse GP of the BO's first iteration (10 epochs at lr 5e-3, the tables' fast schedule) fitted
 on the seed's training split in several ways; for each, the test RMSE / log-likelihood and the min / max
@@ -13,6 +14,9 @@ range; the min is the protocol's EI incumbent). decode: ``--n`` uniform points o
 points of the density region's grid (``bo.search_region`` on all codes, 1% quantile), each decoded 500 times
 (the molecule protocol), the most frequent valid string kept. target: the best-scoring data string's
 code and points around it at 0.1, 0.3 and 1.0 code standard deviations, decoded 25 times each.
+trust: per seed, the trust region's first centre (the best string of the seed's training split),
+whether the best string of the whole data is in that split (else BO never saw it), and per iteration
+the region's length L, the batch's distinct valid strings and its best.
 """
 import argparse
 import json
@@ -156,6 +160,26 @@ def target(bo_dir: Path, run: str, expression: str) -> None:
               f"best scores {np.round(np.sort(scores)[:3], 3).tolist()}", flush=True)
 
 
+def trust(bo_dir: Path) -> None:
+    report = json.loads((bo_dir / "report.json").read_text())
+    sign = 1.0 if report["summary"]["higher_is_better"] else -1.0
+    z, y, strings, _ = _folder(bo_dir, report["seeds"][0])
+    data_best = int(np.argmax(sign * y))
+    print(f"{bo_dir}: best data string {str(strings[data_best])!r} ({y[data_best]:.3f})")
+    for seed in report["seeds"]:
+        _, _, _, state = _folder(bo_dir, seed)
+        tr = np.array(state["train"])
+        centre = tr[np.argmax(sign * y[tr])]
+        print(f"seed {seed}: first centre {str(strings[centre])!r} ({y[centre]:.3f}); the best data string is in "
+              f"its {'training' if data_best in set(tr.tolist()) else 'test (never shown to the GP)'} split")
+        for i, it in enumerate(state["iterations"], 1):
+            valid = [e for e in it["evaluations"] if e["valid"]]
+            top = max(valid, key=lambda e: sign * e["score"]) if valid else None
+            print(f"  iteration {i}: L {it['trust']['length']:.3g}, {len(valid)}/{len(it['evaluations'])} valid, "
+                  f"{len({e['string'] for e in valid})} distinct, best "
+                  + (f"{top['score']:.3f} {top['string']!r}" if top else "none"))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -172,6 +196,7 @@ def main():
     t.add_argument("bo_dir", type=Path)
     t.add_argument("run")
     t.add_argument("expression")
+    sub.add_parser("trust").add_argument("bo_dir", type=Path)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
     if a.threads:
@@ -183,8 +208,10 @@ def main():
         gp_fits(a.bo_dir, a.seed, a.inducing, a.fits.split(","))
     elif a.what == "decode":
         decodes(a.bo_dir, a.run, a.n)
-    else:
+    elif a.what == "target":
         target(a.bo_dir, a.run, a.expression)
+    else:
+        trust(a.bo_dir)
 
 
 if __name__ == "__main__":
