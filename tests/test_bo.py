@@ -291,3 +291,10 @@ def test_optimize_cli_trust_region(run, tmp_path):
         y_seen = np.concatenate([y_seen, [e["score"] for e in it["evaluations"]]])
     r = CliRunner().invoke(main, args + ["--search-region", "trust", "--gp", "botorch", "--out", str(tmp_path / "b")])
     assert r.exit_code == 1 and "lengthscales" in r.output and "encoding" not in r.output, r.output
+    # through the Python API a misspelt region is refused, not searched as the box
+    from grammar_rae.errors import ConfigError
+    from grammar_rae.optimize.bo import optimize
+
+    with pytest.raises(ConfigError, match="unknown search region 'trsut'"):
+        optimize(run, "expr", tmp_path / "api", gp_kw={"region": "trsut"})
+    assert not (tmp_path / "api").exists()

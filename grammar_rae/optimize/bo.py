@@ -22,8 +22,8 @@ import torch
 from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
 from ..train import resolve_device
-from .acquisition import batched_greedy_ei, posterior_mean_incumbent
 from . import trust as turbo
+from .acquisition import batched_greedy_ei, posterior_mean_incumbent
 from .gp import SparseGP
 from .objectives import Objective, get_objective
 
@@ -279,6 +279,8 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     dev = resolve_device(device)
     gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
              "ei_search": "grid", **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
+    if gp_kw.get("region", "box") not in ("box", "density", "trust"):
+        raise ConfigError(f"unknown search region {gp_kw['region']!r} (box, density or trust)")
     if gp_kw.get("region", "box") == "density":
         gp_kw.setdefault("region_quantile", 0.01)
         if gp_kw["ei_search"] != "grid" or gp_kw.get("backend", "native") != "native":
