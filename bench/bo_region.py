@@ -171,7 +171,7 @@ def trust(bo_dir: Path) -> None:
         tr = np.array(state["train"])
         centre = tr[np.argmax(sign * y[tr])]
         print(f"seed {seed}: first centre {str(strings[centre])!r} ({y[centre]:.3f}); the best data string is in "
-              f"its {'training' if data_best in set(tr.tolist()) else 'test (never shown to the GP)'} split")
+              f"its {'training' if str(strings[data_best]) in set(strings[tr].tolist()) else 'test (never shown to the GP)'} split")
         for i, it in enumerate(state["iterations"], 1):
             valid = [e for e in it["evaluations"] if e["valid"]]
             top = max(valid, key=lambda e: sign * e["score"]) if valid else None

@@ -263,22 +263,30 @@ def test_optimize_cli_density_region(run, tmp_path):
 
 
 def test_optimize_cli_trust_region(run, tmp_path):
-    """--search-region trust: every chosen point lies in its iteration's recorded trust region, which holds the best point
-    observed before that iteration and is smaller than the box; BoTorch is refused before encoding."""
+    """--search-region trust: every chosen point lies in its iteration's recorded trust region, centred
+    at the best point observed before that iteration, of length 0.8 and then 0.4 or 0.8 by whether the
+    first batch improved (batch = d: one failure halves it); a run resumed after iteration 1 searches
+    the same regions; a state whose lengths do not follow from its scores, BoTorch and a misspelt
+    region are refused."""
     import numpy as np
 
-    args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
-            "--seeds", "1", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
-            "--device", "cpu"]
-    r = CliRunner().invoke(main, args + ["--search-region", "trust", "--out", str(tmp_path / "t")])
+    def args(out, iterations):
+        return ["optimize", "--objective", "expr", "--run", str(run), "--iterations", str(iterations), "--batch", "25",
+                "--seeds", "1", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
+                "--device", "cpu", "--search-region", "trust", "--out", str(out)]
+
+    r = CliRunner().invoke(main, args(tmp_path / "t", 2))
     assert r.exit_code == 0, r.output
     state = json.loads((tmp_path / "t" / "state" / "seed-1.json").read_text())
     assert state["settings"]["gp"]["region"] == "trust" and "region_quantile" not in state["settings"]["gp"]
     data = np.load(next((tmp_path / "t").glob("data-*.npz")))
     z, y = data["z"], data["y"]
+    assert z.shape[1] <= 25  # so one failing batch halves the length
     x_seen, y_seen = z[state["train"]], y[state["train"]]
     box_lo, box_hi = x_seen.min(0), x_seen.max(0)
-    assert [it["trust"]["length"] for it in state["iterations"]][0] == 0.8
+    first = [e["score"] for e in state["iterations"][0]["evaluations"]]
+    improved = min(first) < y_seen.min() - 1e-3 * abs(y_seen.min())
+    assert [it["trust"]["length"] for it in state["iterations"]] == [0.8, 0.8 if improved else 0.4]
     for it in state["iterations"]:
         lo, hi = np.array(it["trust"]["lower"]), np.array(it["trust"]["upper"])
         points = np.array(it["points"])
@@ -286,10 +294,23 @@ def test_optimize_cli_trust_region(run, tmp_path):
         best = x_seen[np.argmin(y_seen)]  # the region's centre where the box does not cut it
         uncut = (lo > box_lo) & (hi < box_hi)
         assert uncut.any() and np.allclose(((lo + hi) / 2)[uncut], best[uncut])
-        assert np.prod((hi - lo) / (box_hi - box_lo)) < 0.8 ** z.shape[1] + 1e-12
+        assert np.prod((hi - lo) / (box_hi - box_lo)) < it["trust"]["length"] ** z.shape[1] + 1e-12
         x_seen = np.concatenate([x_seen, points])
         y_seen = np.concatenate([y_seen, [e["score"] for e in it["evaluations"]]])
-    r = CliRunner().invoke(main, args + ["--search-region", "trust", "--gp", "botorch", "--out", str(tmp_path / "b")])
+    # stopped after iteration 1 and resumed: the same regions
+    for n in (1, 2):
+        r = CliRunner().invoke(main, args(tmp_path / "r", n))
+        assert r.exit_code == 0, r.output
+    resumed = json.loads((tmp_path / "r" / "state" / "seed-1.json").read_text())
+    for a, b in zip(state["iterations"], resumed["iterations"], strict=True):
+        assert a["trust"]["length"] == b["trust"]["length"]
+        np.testing.assert_allclose(a["trust"]["lower"], b["trust"]["lower"], atol=1e-6)
+    # a recorded length its scores do not give is refused on resume
+    resumed["iterations"][1]["trust"]["length"] = 1.6
+    (tmp_path / "r" / "state" / "seed-1.json").write_text(json.dumps(resumed))
+    r = CliRunner().invoke(main, args(tmp_path / "r", 3))
+    assert r.exit_code == 1 and "trust region lengths" in r.output, r.output
+    r = CliRunner().invoke(main, args(tmp_path / "b", 1) + ["--gp", "botorch"])
     assert r.exit_code == 1 and "lengthscales" in r.output and "encoding" not in r.output, r.output
     # through the Python API a misspelt region is refused, not searched as the box
     from grammar_rae.errors import ConfigError

@@ -18,9 +18,13 @@ def test_three_successes_double_the_length_up_to_its_maximum():
                                                                               0.8]
     # a failure breaks a success streak (and the other way round)
     assert trust.lengths(1.0, [[2.0], [3.0], [0.0], [4.0]], dim=56, batch=50, maximise=True) == [0.8] * 5
-    # a success breaks a failure streak, and an improvement of less than 10⁻³·|best| is a failure
-    assert trust.lengths(1000.0, [[999.0], [1000.5], [1002.0], [999.0]], dim=56, batch=50,
-                         maximise=True) == [0.8, 0.8, 0.4, 0.4, 0.4]
+    # a success breaks a failure streak (tolerance 2: fail, succeed, fail does not halve)
+    assert trust.lengths(1000.0, [[999.0], [1002.0], [999.0]], dim=56, batch=50, maximise=True) == [0.8] * 4
+    # an improvement of less than 10⁻³·|best| is a failure, maximising and minimising
+    assert trust.lengths(1000.0, [[1000.5], [999.0]], dim=56, batch=50, maximise=True) == [0.8, 0.8, 0.4]
+    assert trust.lengths(1.0, [[0.9995]], dim=4, batch=4, maximise=False) == [0.8, 0.4]
+    assert trust.lengths(1.0, [[0.998]], dim=4, batch=4, maximise=False) == [0.8, 0.8]
+    assert trust.lengths(-1.0, [[-1.0005]], dim=4, batch=4, maximise=False) == [0.8, 0.4]
 
 
 def test_the_length_restarts_below_its_minimum():

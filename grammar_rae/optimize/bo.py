@@ -174,6 +174,16 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
     else:
         state = {**_initial_state(seed, len(z)), "settings": settings}
     tr, te = np.array(state["train"]), np.array(state["test"])
+
+    def trust_lengths():  # L before each iteration, replayed from the scores (trust.py)
+        return turbo.lengths(float(y[tr].max() if maximise else y[tr].min()),
+                             [[e["score"] for e in i["evaluations"]] for i in state["iterations"]],
+                             z.shape[1], batch, maximise)
+
+    if gp_kw.get("region") == "trust" and state["iterations"]:
+        if [i.get("trust", {}).get("length") for i in state["iterations"]] != trust_lengths()[:-1]:
+            raise ConfigError(f"{state_path}: the trust region lengths it records differ from the ones its scores "
+                              "give under this version's rules (trust.py); resume it with the version that made it")
     x_extra = [np.array(p) for it in state["iterations"] for p in it["points"]]
     y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
     worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
@@ -188,11 +198,8 @@ def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch:
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
         test = (z[te], y[te]) if state["gp_test"] is None else None
         trust = None
-        if gp_kw.get("region") == "trust":  # centred at the best point so far, L replayed from the history
-            length = turbo.lengths(float(y[tr].max() if maximise else y[tr].min()),
-                                   [[e["score"] for e in i["evaluations"]] for i in state["iterations"]],
-                                   z.shape[1], batch, maximise)[-1]
-            trust = (x_fit[int(np.argmax(y_fit) if maximise else np.argmin(y_fit))], length)
+        if gp_kw.get("region") == "trust":  # centred at the best point so far
+            trust = (x_fit[int(np.argmax(y_fit) if maximise else np.argmin(y_fit))], trust_lengths()[-1])
         points, gp, metrics, searched = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp,
                                                  test, progress, region, trust)
         if metrics is not None:

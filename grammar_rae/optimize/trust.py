@@ -3,13 +3,19 @@ local Bayesian optimization", Sec. 2), with that paper's constants, fixed before
 
 EI searches a hyper-rectangle centred at the best point observed so far instead of the whole box.
 In units of the acquisition box (TuRBO's unit cube) its side along dimension i is
-L · λ_i / (Π_j λ_j)^(1/d), with λ_i the GP's ARD lengthscale over the box's width, clipped to
-[0.005, 2] (TuRBO's lengthscale bounds): the region's volume is L^d of the box's whatever the
-lengthscales, longer where the objective varies slowly. The rectangle is clipped to the box.
+L · λ_i / (Π_j λ_j)^(1/d), with λ_i the GP's ARD lengthscale over the box's width, clipped (after
+the fit) to [0.005, 2], TuRBO's lengthscale bounds: the region's volume is L^d of the box's whatever
+the lengthscales, longer where the objective varies slowly. The rectangle is clipped to the box.
 
 L starts at 0.8. A batch *succeeds* when its best beats the best so far by more than 10⁻³·|best|.
 After τ_succ = 3 successes in a row L doubles (at most 1.6); after τ_fail = ⌈max(4, d) / batch⌉
 failures in a row it halves; below 0.5⁷ it restarts at 0.8.
+
+Where this differs from TuRBO-1, on purpose: the points are chosen by the protocol's batched greedy EI
+(posterior-mean incumbent; ``acquisition.py``) inside the region, not by Thompson sampling; the GP is
+the protocol's global sparse GP on all the data, not an exact GP on the region's points since the
+last restart; and a restart keeps the data and the centre (the best point so far) instead of drawing
+a fresh design.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ def lengths(best: float, batches: list[list[float]], dim: int, batch: int, maxim
             length, successes = min(2.0 * length, L_MAX), 0
         elif failures == fail_tolerance:
             length, failures = length / 2.0, 0
-        if length < L_MIN:  # TuRBO restarts; here around the same best point
+        if length < L_MIN:  # restart (module docstring: around the same best point, with the same data)
             length, successes, failures = L_INIT, 0, 0
         out.append(length)
     return out
