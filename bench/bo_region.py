@@ -34,9 +34,13 @@ def _folder(bo_dir: Path, seed: int):
         raise SystemExit(f"{bo_dir} holds no cached codes (data-*.npz): run `grammar-rae optimize` there first")
     with np.load(caches[0], allow_pickle=False) as f:
         z, y, strings = f["z"], f["y"], f["strings"]
-    state = bo_dir / "state" / f"seed-{seed}.json"
-    split = json.loads(state.read_text()) if state.is_file() else None
-    return z, y, strings, split
+    return z, y, strings, _state(bo_dir, seed)
+
+
+def _state(bo_dir: Path, seed: int):
+    """A seed's BO state (its split and iterations), or None before the run made it."""
+    path = bo_dir / "state" / f"seed-{seed}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _collapsed_optimum(gp: SparseGP, x: torch.Tensor, ys: torch.Tensor) -> None:
@@ -163,11 +167,11 @@ def target(bo_dir: Path, run: str, expression: str) -> None:
 def trust(bo_dir: Path) -> None:
     report = json.loads((bo_dir / "report.json").read_text())
     sign = 1.0 if report["summary"]["higher_is_better"] else -1.0
-    z, y, strings, _ = _folder(bo_dir, report["seeds"][0])
+    _, y, strings, _ = _folder(bo_dir, report["seeds"][0])  # the codes' cache, read once
     data_best = int(np.argmax(sign * y))
     print(f"{bo_dir}: best data string {str(strings[data_best])!r} ({y[data_best]:.3f})")
     for seed in report["seeds"]:
-        _, _, _, state = _folder(bo_dir, seed)
+        state = _state(bo_dir, seed)
         tr = np.array(state["train"])
         centre = tr[np.argmax(sign * y[tr])]
         print(f"seed {seed}: first centre {str(strings[centre])!r} ({y[centre]:.3f}); the best data string is in "
