@@ -1,11 +1,15 @@
 """The one checkpoint format, and run directories.
 
-A run directory holds ``run.json`` (format tag, model and training configs, grammar hash), and
-``checkpoints/{last,best}.safetensors`` (weights) with ``{last,best}.json`` (epoch, history) and
-``last.state.safetensors`` + ``last.state.json`` (optimizer/scheduler/RNG state: its tensors, and the
-structure around them as JSON). Every file is written atomically (temp file + rename), so a kill
-at any moment leaves the previous checkpoint intact. Nothing is ever unpickled: a file that is not
-ours, or was tampered with, fails with :class:`RunError`.
+A run directory holds ``run.json`` (format tag, model and training configs, grammar hash), and in
+``checkpoints/`` two commits, ``last.json`` and ``best.json``. Each names the files of its version --
+``last-TAG.safetensors`` (weights) and ``last-TAG.state.{safetensors,json}`` (optimizer/scheduler/RNG
+state: its tensors, and the structure around them as JSON), ``best-TAG.safetensors`` -- with their
+sha256. A save writes a new version's files under fresh names, then rewrites the JSON (one atomic
+rename: the commit), then removes the files no JSON names any more (:func:`prune_checkpoints`). A kill
+at any moment therefore leaves a JSON whose files are all present and unchanged: the old version or the
+new one, never a mix. Runs written before versioned names (``last.safetensors``, ``best.safetensors``)
+load as before. Nothing is ever unpickled: a file that is not ours, or was tampered with, fails with
+:class:`RunError`.
 
 Every tensor file's sha256 is recorded in the JSON written after it (``best.json`` for
 ``best.safetensors``, ``last.json`` for the last weights and state, ``density/KIND.json`` for a
@@ -270,10 +274,46 @@ def read_run(run_dir, kind: str) -> tuple[Path, dict]:
     return run_dir, meta
 
 
+def checkpoint_weights(ckpt: Path, which: str) -> tuple[Path, dict]:
+    """(weights file, commit JSON) of checkpoint ``which`` ("last" or "best") in a checkpoints folder:
+    the file the JSON names (versioned), or ``WHICH.safetensors`` for runs written before that."""
+    meta = read_json(Path(ckpt) / f"{which}.json")
+    name = meta.get("weights", f"{which}.safetensors")
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise RunError(f"{ckpt}/{which}.json names {name!r}, which is not a file of its folder")
+    return Path(ckpt) / name, meta
+
+
+def prune_checkpoints(ckpt: Path) -> list[str]:
+    """Remove checkpoint files that neither ``last.json`` nor ``best.json`` names (an older version, or
+    a newer one a kill left uncommitted); returns the names removed. A JSON without checksums (runs
+    from before them) keeps its fixed-name files."""
+    ckpt = Path(ckpt)
+    keep = {"last.json", "best.json"}
+    for which in ("last", "best"):
+        if not (ckpt / f"{which}.json").is_file():
+            continue
+        meta = read_json(ckpt / f"{which}.json")
+        if meta.get("sha256"):
+            keep |= set(meta["sha256"])
+        else:
+            keep |= {f"{which}.safetensors", f"{which}.state.json", f"{which}.state.safetensors",
+                     f"{which}.state.pt", *_shard_names(ckpt / f"{which}.safetensors")}
+    removed = []
+    for p in ckpt.iterdir() if ckpt.is_dir() else ():
+        if p.is_file() and p.name.split(".")[0].split("-")[0] in ("last", "best") and p.name not in keep:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
 def load_checkpoint(model: torch.nn.Module, run_dir: Path, which: str = "best") -> str:
     """Load ``checkpoints/{which}`` (or ``last`` when there is no such checkpoint) into ``model``,
     checked against the checksums its JSON recorded; returns the name loaded."""
     ckpt = Path(run_dir) / "checkpoints"
-    name = which if (ckpt / f"{which}.safetensors").is_file() else "last"
-    load_model_state(model, ckpt / f"{name}.safetensors", read_json(ckpt / f"{name}.json").get("sha256"))
+    name = which
+    if not (ckpt / f"{which}.json").is_file() or not checkpoint_weights(ckpt, which)[0].is_file():
+        name = "last"
+    path, meta = checkpoint_weights(ckpt, name)
+    load_model_state(model, path, meta.get("sha256"))
     return name

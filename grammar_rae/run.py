@@ -78,19 +78,30 @@ class _Plan:
         return self.meta is not None
 
 
-def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides, cache_dir) -> _Plan:
+# how (not what) one invocation trains: these come from the caller on every resume
+PER_INVOCATION = ("device", "amp", "max_minutes", "threads", "checkpoint_minutes")
+
+
+def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides, cache_dir, given) -> _Plan:
     from .recipes import recipe, train_config
 
     chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
+    explicit_train = train is not None
     train = train or train_config(grammar, arch)
     meta = start_run(out, resume)
     if meta is None:
         return _Plan(grammar, model, data, limit, train, None, {**chosen.model, **overrides})
-    # the model and optimiser settings are the run's; how and how long to run this time are the caller's
+    # A resumed run keeps its own settings (its recipe's, not today's defaults); the caller's per-invocation
+    # settings apply, and of the others only those given explicitly (``given``: the CLI's flags; from the
+    # API without ``given``, a ``train`` config's epoch count, as before).
+    if given is None:
+        given = {"epochs": train.epochs} if explicit_train else {}
+    known = set(TrainConfig.__dataclass_fields__)
+    own = {k: v for k, v in meta["train"].items() if k in known}
     return _Plan(meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"]),
                  resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir), meta["data"]["limit"],
-                 TrainConfig(**{**meta["train"], "epochs": train.epochs, "device": train.device, "amp": train.amp,
-                                "max_minutes": train.max_minutes, "threads": train.threads}), meta, {})
+                 TrainConfig(**{**own, **{k: v for k, v in given.items() if k in known},
+                                **{k: getattr(train, k) for k in PER_INVOCATION}}), meta, {})
 
 
 def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progress, cache_dir):
@@ -114,7 +125,7 @@ def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progre
 def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
               train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
               cache_dir=None, test_split: str | None = None, arch: str = "teacher-forced",
-              init_from: str | Path | None = None, **model_overrides) -> Path:
+              init_from: str | Path | None = None, given: dict | None = None, **model_overrides) -> Path:
     """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities.
 
     ``train``: default, the recipe for the grammar, architecture and device (recipes.py); the
@@ -122,9 +133,11 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     ``test_split``: ``first`` (default for SMILES: the GrammarVAE's first 5,000 rows) or ``random``
     (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory.
     ``init_from``: a run directory or shipped NAME whose network (configuration and best weights) a
-    new run starts from -- to continue training a shipped model, or to fine-tune it on other data."""
+    new run starts from -- to continue training a shipped model, or to fine-tune it on other data.
+    ``given``: on ``resume``, the training settings the caller chose explicitly (the CLI's flags); the
+    run's own settings apply to the rest."""
     out = Path(out)
-    plan = _plan(out, grammar, model, data, limit, train, resume, arch, model_overrides, cache_dir)
+    plan = _plan(out, grammar, model, data, limit, train, resume, arch, model_overrides, cache_dir, given)
     base = load_grammar(plan.grammar)
     # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
     g, family = (base.character_grammar, "vae") if plan.model == "cvae" else (base, plan.model)
@@ -133,10 +146,16 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     start = load_run(init_from)[0] if init_from is not None and not plan.continuing else None
     if plan.continuing:
         config = GrammarAEConfig.from_dict(plan.meta["model"])
+        _refuse_what_cannot_apply(out, config, plan.meta, model_overrides, init_from)
     elif start is not None:
         if start.grammar.sha256 != g.sha256:
             raise RunError(f"{init_from} was trained with another grammar than {g.name}; it cannot start this run")
         config = start.config
+        own = config.to_dict()
+        differ = [f"{k}={v!r} (it has {own.get(k)!r})" for k, v in plan.overrides.items()
+                  if k in model_overrides and own.get(k) != v]
+        if differ:
+            raise RunError(f"--init-from {init_from} starts from its own network; cannot apply {', '.join(differ)}")
         config.max_length = max(config.max_length, max_length)
     else:
         config = GrammarAEConfig.for_grammar(base.name, max_length, family, arch=arch, **plan.overrides)
@@ -146,6 +165,7 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
             "format": RUN_FORMAT, "label": plan.model, "grammar": g.name, "grammar_sha256": g.sha256,
             "base_grammar": base.name, "model": config.to_dict(), "train": asdict(plan.train),
             **({"init_from": str(init_from)} if start is not None else {}),
+            **({"init_from": plan.meta["init_from"]} if plan.continuing and "init_from" in plan.meta else {}),
             "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": plan.limit, "rows": n,
                      "train": len(tr), "val": len(va), "test": len(te), "test_split": test_split},
         })
@@ -164,6 +184,18 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     plot_history(trainer.history, out / "loss.png")
     fit_densities(load_run(out)[0], train_rules, out, device=trainer.device, log=log)
     return out
+
+
+def _refuse_what_cannot_apply(out: Path, config: GrammarAEConfig, meta: dict, overrides: dict, init_from) -> None:
+    """A resumed run keeps its network: a size flag or --init-from that differs from it is refused (the
+    same values, as in "the same command with --resume", are fine)."""
+    own = config.to_dict()
+    differ = [f"{k}={v!r} (the run has {own.get(k)!r})" for k, v in overrides.items() if own.get(k) != v]
+    if differ:
+        raise RunError(f"{out} is resumed with its own network; cannot apply {', '.join(differ)}")
+    if init_from is not None and str(init_from) != str(meta.get("init_from")):
+        raise RunError(f"{out} is resumed from its own checkpoint; --init-from {init_from} cannot apply "
+                       f"(it started from {meta.get('init_from', 'scratch')})")
 
 
 def load_split(run_dir: Path, meta: dict):

@@ -1,6 +1,8 @@
-"""One trainer for every model: Adam, ReduceLROnPlateau, early stopping, best-validation checkpoint,
-seeds, CPU or CUDA (bf16 autocast), a progress bar with the loss terms, a checkpoint every epoch
-(atomic), resume after a kill, and a clean stop on a NaN loss that keeps the last good checkpoint.
+"""One trainer for every model: Adam, a learning-rate schedule of the global step (ReduceLROnPlateau,
+cosine or warmup-stable-decay, with warm-up), early stopping, best-validation checkpoint, seeds, CPU or
+CUDA (bf16 autocast), a progress bar with the loss terms, a checkpoint every epoch and, optionally,
+every few minutes inside one (each committed atomically as a whole), resume after a kill at any moment,
+and a clean stop on a NaN loss that keeps the last good checkpoint.
 
 The data are rule-index tensors (uint8) resident on the training device; a batch is an index
 slice turned into one-hots or embeddings inside the model, so no host DataLoader sits in the step
@@ -20,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import (RunError, load_legacy_state, load_model_state, load_state, read_json, save_state,
-                         save_weights, write_json)
+from .checkpoint import (RunError, checkpoint_weights, load_legacy_state, load_model_state, load_state,
+                         prune_checkpoints, read_json, save_state, save_weights, write_json)
 from .errors import UserError
 
 
@@ -40,6 +42,11 @@ class TrainConfig:
     grad_clip: float = 5.0          # global gradient-norm clip (0: off); guards against loss spikes
     max_minutes: float = 0.0        # wall-clock budget of one invocation (0: none); --resume continues
     warmup_steps: int = 0           # linear learning-rate warm-up over the first steps
+    schedule: str = "plateau"       # plateau (ReduceLROnPlateau per epoch) | cosine | wsd: see lr_multiplier
+    decay_fraction: float = 0.2     # wsd: the last fraction of the planned steps decays to min_lr
+    schedule_steps: int = 0         # updates the cosine/wsd schedule plans, and where training ends
+                                    # (0: epochs x steps per epoch)
+    checkpoint_minutes: float = 0.0  # also checkpoint inside an epoch every this many minutes (0: per epoch)
     bucket_batches: int = 50        # length bucketing: batches per sorted chunk (models that cut padding)
     recon_rows: int = 500           # validation rows whose exact reconstruction is logged every epoch (0: off)
     threads: int = 0                # CPU threads for PyTorch (0: leave PyTorch's default)
@@ -57,6 +64,36 @@ def cpu_has_bf16() -> bool:
 
 class TrainingDiverged(RuntimeError, UserError):
     pass
+
+
+SCHEDULES = ("plateau", "cosine", "wsd")
+
+
+def lr_multiplier(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of update ``step`` (0-based) of a run planned for ``total`` updates, as a
+    multiple of its base rate: a function of the global step alone, so a resumed run continues it exactly.
+
+    - warm-up (every schedule): linear, (step + 1) / warmup_steps over the first ``warmup_steps``;
+    - ``plateau``: 1 (the base is ``config.lr`` as ReduceLROnPlateau has lowered it so far);
+    - ``cosine``: from 1 down to min_lr / lr over the steps after the warm-up (Loshchilov & Hutter 2017,
+      without restarts): f(t) = m + (1 - m) * (1 + cos(pi t)) / 2, t the fraction of those steps done;
+    - ``wsd``: warm-up, stable at 1, then the same cosine-shaped fall to min_lr / lr over the last
+      ``decay_fraction`` of the steps (warmup-stable-decay; Hu et al. 2024, MiniCPM). Cut before the decay,
+      the run is a trunk that can go on; any decayed branch of it is a finished model.
+    """
+    w = config.warmup_steps
+    ramp = min(1.0, (step + 1) / w) if w else 1.0
+    if config.schedule == "plateau":
+        return ramp
+    floor = min(1.0, config.min_lr / config.lr) if config.lr > 0 else 1.0
+    if config.schedule == "cosine":
+        start = w
+    elif config.schedule == "wsd":
+        start = max(w, total - int(round(config.decay_fraction * total)))
+    else:
+        raise ValueError(f"unknown learning-rate schedule {config.schedule!r} (one of {', '.join(SCHEDULES)})")
+    t = min(1.0, max(0.0, (step - start) / max(1, total - start)))
+    return ramp * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -87,6 +124,8 @@ class Trainer:
                  config: TrainConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        if config.schedule not in SCHEDULES:
+            raise UserError(f"unknown learning-rate schedule {config.schedule!r} (one of {', '.join(SCHEDULES)})")
         self.device = resolve_device(config.device)
         self.model.to(self.device)
         # Multi-GPU: torchrun + DistributedDataParallel; each rank takes every world-th batch row and
@@ -122,23 +161,47 @@ class Trainer:
         self.global_step, self.elapsed = 0, 0.0
         self.early_stopped = False
         self.ckpt = self.run_dir / "checkpoints"
+        self.partial: dict | None = None   # where a checkpoint inside an epoch left off (resume)
+        self.total_steps = config.schedule_steps or config.epochs * self.steps_per_epoch()
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = config.lr   # the rate the schedule multiplies (plateau lowers it)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> None:
-        """Weights first, then state, then the JSON that names the epoch: the JSON is the commit."""
+    def save(self, partial: dict | None = None, elapsed: float | None = None) -> None:
+        """Commit this state as a new version of ``checkpoints/last`` (see checkpoint.py): its files go
+        under fresh names, then ``last.json`` naming them and their sha256 replaces the old one in one
+        rename, then the files no commit names are removed. ``partial``: where inside an epoch this is."""
         if self.rank != 0:
             return
-        sums = save_weights(self.ckpt / "last.safetensors", self.model.state_dict())
-        sums |= save_state(self.ckpt / "last.state", {
+        tag = f"{self.global_step:09d}-{os.urandom(3).hex()}"
+        weights, state = f"last-{tag}.safetensors", f"last-{tag}.state"
+        sums = save_weights(self.ckpt / weights, self.model.state_dict())
+        sums |= save_state(self.ckpt / state, {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "scaler": self.scaler.state_dict()})
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            "scaler": self.scaler.state_dict(),
+            **({"epoch_generator": partial.pop("generator")} if partial else {})})
         write_json(self.ckpt / "last.json", {"epoch": self.epoch, "best_val": self.best_val,
                                              "bad_epochs": self.bad_epochs, "history": self.history,
-                                             "global_step": self.global_step, "elapsed": self.elapsed,
-                                             "sha256": sums,
+                                             "global_step": self.global_step,
+                                             "elapsed": self.elapsed if elapsed is None else elapsed,
+                                             "weights": weights, "state": state, "sha256": sums,
+                                             "partial": partial,
                                              "early_stopped": self.early_stopped,
                                              "train_config": asdict(self.config)})
+        prune_checkpoints(self.ckpt)
+        self.last_save = time.time()
+
+    def save_best(self, val: float) -> None:
+        """The same commit for ``checkpoints/best``: ``best-TAG.safetensors``, then ``best.json``."""
+        if self.rank != 0:
+            return
+        weights = f"best-{self.global_step:09d}-{os.urandom(3).hex()}.safetensors"
+        sums = save_weights(self.ckpt / weights, self.model.state_dict())
+        write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val, "step": self.global_step,
+                                             "weights": weights, "sha256": sums})
+        prune_checkpoints(self.ckpt)
 
     def resume(self) -> bool:
         """Continue from ``checkpoints/last``; False if the run has no checkpoint yet."""
@@ -147,16 +210,21 @@ class Trainer:
         remove_stale_temporaries(self.ckpt)  # what a kill during a checkpoint write left behind
         if not (self.ckpt / "last.json").is_file():
             return False
-        meta = read_json(self.ckpt / "last.json")
-        load_model_state(self.model, self.ckpt / "last.safetensors", meta.get("sha256"))
-        legacy = self.ckpt / "last.state.pt"
-        state = load_state(self.ckpt / "last.state") if (self.ckpt / "last.state.json").is_file() \
-            else load_legacy_state(legacy)
+        prune_checkpoints(self.ckpt)         # files of a version a kill left uncommitted
+        weights, meta = checkpoint_weights(self.ckpt, "last")
+        load_model_state(self.model, weights, meta.get("sha256"))
+        stem = self.ckpt / meta.get("state", "last.state")
+        state = load_state(stem) if stem.with_name(stem.name + ".json").is_file() \
+            else load_legacy_state(self.ckpt / "last.state.pt")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # states from before schedules: the rate they had
+                group.setdefault("base_lr", group["lr"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             if state.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.best_val = int(meta["epoch"]), float(meta["best_val"])
@@ -164,9 +232,14 @@ class Trainer:
             self.early_stopped = bool(meta.get("early_stopped", False))
             self.global_step = int(meta.get("global_step", 0))
             self.elapsed = float(meta.get("elapsed", sum(h.get("seconds", 0.0) for h in self.history)))
+            self.partial = meta.get("partial")
+            if self.partial:
+                self.partial = {**self.partial, "generator": state["epoch_generator"]}
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{self.ckpt}: checkpoint state is incomplete or foreign ({e})") from e
-        self.log(f"resumed {self.run_dir} after epoch {self.epoch} (best validation {self.best_val:.4f})")
+        where = (f"inside epoch {self.epoch + 1} (batch {self.partial['batch']})" if self.partial
+                 else f"after epoch {self.epoch}")
+        self.log(f"resumed {self.run_dir} {where}, step {self.global_step} (best validation {self.best_val:.4f})")
         return True
 
     # ------------------------------------------------------------------ loops
@@ -200,27 +273,74 @@ class Trainer:
         batches = batches[: len(batches) // self.world * self.world][self.rank::self.world]
         return [(b, int(self.train_lengths[b].max()) if self.bucketed else 0) for b in batches]
 
-    def _set_warmup_lr(self) -> None:
-        w = self.config.warmup_steps
-        if w and self.global_step < w:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr * (self.global_step + 1) / w
+    def steps_per_epoch(self) -> int:
+        """Updates per epoch for this rank (what plan_batches gives, without drawing it)."""
+        n, bs = len(self.train_data), self.config.batch_size
+        if self.bucketed:
+            chunk = bs * max(1, self.config.bucket_batches)
+            count = (n // chunk) * math.ceil(chunk / bs) + math.ceil((n % chunk) / bs)
+        else:
+            count = math.ceil(n / bs)
+        return count // self.world
 
-    def train_epoch(self) -> dict:
+    def _set_lr(self) -> None:
+        """The learning rate of this update: lr_multiplier of the global step times the base rate."""
+        f = lr_multiplier(self.config, self.global_step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = (group["base_lr"] if self.config.schedule == "plateau" else self.config.lr) * f
+
+    def _plateau_step(self, val: float) -> None:
+        """ReduceLROnPlateau lowers the base rate (not the warmed-up one of this step, which a warm-up
+        spanning epochs would overwrite)."""
+        if self.config.schedule != "plateau":
+            return
+        groups = self.optimizer.param_groups
+        for group in groups:
+            group["lr"] = group["base_lr"]
+        self.scheduler.step(val)
+        for group in groups:
+            group["base_lr"] = group["lr"]
+
+    def _stop_or_checkpoint(self) -> tuple[bool, bool]:
+        """(out of --max-minutes, a checkpoint inside the epoch is due); every rank gets the same answer."""
+        now, cfg = time.time(), self.config
+        stop = bool(cfg.checkpoint_minutes and cfg.max_minutes and now - self.started >= cfg.max_minutes * 60)
+        due = bool(cfg.checkpoint_minutes and now - self.last_save >= cfg.checkpoint_minutes * 60)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            flags = torch.tensor([float(stop), float(due)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, due = bool(flags[0].item()), bool(flags[1].item())
+        return stop, due
+
+    def train_epoch(self) -> dict | None:
+        """One epoch, or the rest of the one a checkpoint left off. Returns the mean loss terms, or None
+        when --max-minutes ran out inside it (with checkpoint_minutes set; a checkpoint of where it
+        stopped is written, and --resume continues from that batch with the same batch plan)."""
         from tqdm import tqdm  # text bars (tqdm.auto wants ipywidgets in notebooks)
 
         self.model.train()
+        partial, self.partial = self.partial, None
+        if partial:  # the generator as it was before this epoch's plan was drawn: the same plan again
+            self.generator.set_state(partial["generator"])
+        epoch_generator = self.generator.get_state()
         plan = self.plan_batches()
-        sums: dict[str, torch.Tensor] = {}
-        steps = len(plan)
-        bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                   disable=not self.progress, unit="batch")
+        steps, first = len(plan), int(partial["batch"]) if partial else 0
+        sums: dict[str, torch.Tensor] = ({k: torch.tensor(v, device=self.device) for k, v in partial["sums"].items()}
+                                         if partial else {})
+        self.epoch_offset = float(partial["seconds"]) if partial else 0.0
+        t0, done = time.time(), first
+        bar = tqdm(range(first, steps), initial=first, total=steps, leave=False, unit="batch",
+                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.progress)
         for i in bar:
+            if self.global_step >= self.total_steps:  # the schedule's end (schedule_steps) falls in this epoch
+                break
             rows, length = plan[i]
             batch = self.train_data[rows.to(self.device)]
             if length:
                 batch = batch[:, :length]
-            self._set_warmup_lr()
+            self._set_lr()
             self.global_step += 1
             with self._autocast():
                 total, terms = self.step_model(batch)
@@ -233,6 +353,7 @@ class Trainer:
             self.scaler.update()
             for k, v in {"loss": total, **terms}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
+            done = i + 1
             if i % 20 == 19 or i == steps - 1:  # one host sync every 20 steps
                 if self.world > 1:  # every rank must see the same verdict on a NaN
                     import torch.distributed as dist
@@ -240,14 +361,33 @@ class Trainer:
                     agreed = sums["loss"].clone()
                     dist.all_reduce(agreed)
                     sums["loss"] = agreed / self.world
-                means = {k: (v / (i + 1)).item() for k, v in sums.items()}
+                means = {k: (v / done).item() for k, v in sums.items()}
                 if not math.isfinite(means["loss"]):
                     raise TrainingDiverged(
                         f"the loss became {means['loss']} in epoch {self.epoch + 1} (batch {i + 1}); "
-                        f"stopped. The last good checkpoint (epoch {self.epoch}) is kept in {self.ckpt}. "
+                        f"stopped. The last good checkpoint (step {self.last_good_step()}) is kept in {self.ckpt}. "
                         "Try a lower --lr or a smaller regulariser weight.")
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
-        return {k: (v / steps).item() for k, v in sums.items()}
+                stop, due = self._stop_or_checkpoint()
+                if (stop or due) and i < steps - 1:
+                    spent = time.time() - t0  # this segment of the epoch, so far
+                    self.save(partial={"batch": done, "sums": {k: float(v) for k, v in sums.items()},
+                                       "generator": epoch_generator, "seconds": round(self.epoch_offset + spent, 2)},
+                              elapsed=self.elapsed + spent)
+                if stop and i < steps - 1:
+                    self.out_of_time = True
+                    self.elapsed += spent
+                    self.log(f"time budget of {self.config.max_minutes:g} min reached in epoch {self.epoch + 1} "
+                             f"(batch {done} of {steps}, step {self.global_step}); checkpoint written, "
+                             "continue with --resume")
+                    return None
+        return {k: (v / max(done, 1)).item() for k, v in sums.items()}
+
+    def last_good_step(self) -> int:
+        try:
+            return int(read_json(self.ckpt / "last.json").get("global_step", 0))
+        except RunError:
+            return 0
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -287,17 +427,22 @@ class Trainer:
         if self.epoch == 0:  # a resumed run continues the RNG stream restored from its checkpoint
             torch.manual_seed(self.config.seed)
         self.out_of_time, started, longest = False, time.time(), 0.0
-        while self.epoch < self.config.epochs and not self.early_stopped:
-            if self._no_time_for_epoch(started, longest):
+        self.started = self.last_save = started
+        while self.epoch < self.config.epochs and not self.early_stopped and self.global_step < self.total_steps:
+            # without checkpoints inside epochs, stop before an epoch that would not fit the budget
+            if not self.config.checkpoint_minutes and self._no_time_for_epoch(started, longest):
                 break
             t0 = time.time()
             train = self.train_epoch()
+            if train is None:   # --max-minutes ran out inside the epoch; its checkpoint is written
+                break
+            t0 -= self.epoch_offset  # the part of this epoch a resumed checkpoint had done already
             val = self.validate()
             recon = self.reconstruction_rate()
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss is {val} after epoch {self.epoch + 1}; stopped, "
                                        f"the last good checkpoint (epoch {self.epoch}) is kept")
-            self.scheduler.step(val)
+            self._plateau_step(val)
             self.epoch += 1
             improved = val < self.best_val
             if improved:
@@ -306,15 +451,15 @@ class Trainer:
                 self.bad_epochs += 1
             self.early_stopped = self.bad_epochs >= self.config.early_stop_patience
             seconds = time.time() - t0
-            self.elapsed += seconds
+            self.elapsed += seconds - self.epoch_offset
             row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}, "val_rec": val,
                    **({"val_recon": recon} if recon is not None else {}), "step": self.global_step,
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                   "lr": self.optimizer.param_groups[0]["lr"], "schedule": self.config.schedule,
+                   "seconds": round(seconds, 2),
                    "elapsed": round(self.elapsed, 2)}
             self.history.append(row)
-            if improved and self.rank == 0:
-                sums = save_weights(self.ckpt / "best.safetensors", self.model.state_dict())
-                write_json(self.ckpt / "best.json", {"epoch": self.epoch, "val_rec": val, "sha256": sums})
+            if improved:
+                self.save_best(val)
             self.save()
             self.log(f"epoch {self.epoch}: train loss {train['loss']:.4f} (rec {train['rec']:.4f}), "
                      f"val rec {val:.4f}{' *' if improved else ''}"

@@ -32,6 +32,20 @@ schedule_options = O.apply(
     click.option("--lr-patience", type=int, default=None,
                  help="Epochs without a better validation loss before the learning rate drops. Default: the recipe's."),
     click.option("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps. Default: the recipe's."),
+    click.option("--schedule", type=click.Choice(["plateau", "cosine", "wsd"]), default=None,
+                 help="Learning-rate schedule, a function of the update count (a resumed run continues it exactly): "
+                      "plateau = ReduceLROnPlateau per epoch; cosine = from --lr down to --min-lr over the planned "
+                      "updates; wsd = warm-up, constant, then a cosine fall over the last --decay-fraction. "
+                      "Default: the recipe's."),
+    click.option("--min-lr", type=float, default=None, help="Lowest learning rate (plateau floor, cosine/wsd end). "
+                 "Default: the recipe's."),
+    click.option("--decay-fraction", type=float, default=None, help="wsd: the fraction of the updates that decays. "
+                 "Default 0.2."),
+    click.option("--schedule-steps", type=int, default=None,
+                 help="Updates the cosine/wsd schedule plans; training ends there (default: epochs x updates per epoch)."),
+    click.option("--checkpoint-minutes", type=float, default=None,
+                 help="Also checkpoint inside an epoch every this many minutes (resumable from that batch), and let "
+                      "--max-minutes stop inside an epoch. Default: the recipe's (0 = at epoch ends only)."),
     click.option("--grad-clip", type=float, default=None,
                  help="Clip the gradient's global norm (0: off). Default: the recipe's (5 for teacher-forced)."),
     click.option("--amp/--no-amp", default=None,
@@ -84,10 +98,11 @@ def train(grammar_name, model, arch, data, limit, out, resume, init_from, test_s
     network = {k: settings.pop(k) for k in NETWORK if settings[k] is not None}
     for k in NETWORK:
         settings.pop(k, None)
+    given = {k: v for k, v in settings.items() if v is not None}
     settings["max_minutes"] = settings["max_minutes"] or 0.0
     cfg = train_config(grammar_name, arch, device, **settings)
     run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume, cache_dir=cache_dir,
-                    log=click.echo, test_split=test_split, arch=arch, init_from=init_from, **network)
+                    log=click.echo, test_split=test_split, arch=arch, init_from=init_from, given=given, **network)
     click.echo(f"done: {run} (sample with `grammar-rae sample --run {run} --n 100 --out samples.txt`)")
 
 
