@@ -33,6 +33,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     t0 = time.time()
     report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": net.grammar.name,
               "arch": net.config.arch, "decoder": net.config.decoder,
+              "semantics": net.semantic_layer is not None,   # decoded under the SMILES semantic layer
               "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
               "test_split": meta["data"].get("test_split", "first")}
     # Held-out test rows, and held-out validation rows (a random sample of the training distribution,
@@ -70,11 +71,13 @@ def sample_report(net, run_dir, meta, train_strings, test_strings, molecules, n_
     base_name = meta.get("base_grammar", net.grammar.name)
     base = None if base_name == net.grammar.name else load_grammar(base_name)
     samples, metrics = {}, {}
-    train_canonical = training_canonical(train_strings, molecules, cache_dir, run_dir)  # once, for the three densities
+    # once, for the three densities
+    train_canonical = training_canonical(train_strings, molecules, cache_dir, run_dir, grammar=net.grammar)
     for kind in ("prior", "gaussian", "gmm"):
         q = load_density(run_dir, kind, net.config.latent_dim)
         samples[kind] = strings = in_language(decode_strings(net, q.sample(n_samples, seed=seed)), base)
-        metrics[kind] = m = generation_metrics(strings, molecules, training_canonical=train_canonical)
+        metrics[kind] = m = generation_metrics(strings, molecules, training_canonical=train_canonical,
+                                               grammar=net.grammar)
         if molecules:  # MOSES-style metrics and FCD against the held-out test molecules
             from .chem import molecule_metrics
 
@@ -98,13 +101,13 @@ def write_report(report: dict, samples: dict, out: Path, molecules: bool) -> Non
         expression_plot(samples["gmm"], out / "samples_gmm.png")
 
 
-def training_canonical(train_strings, molecules: bool, cache_dir=None, run_dir=None):
-    """The training strings as the novelty metric compares them (canonical SMILES for molecules):
-    a shipped run's hashed set when it was made with this RDKit version (``novelty.npz``, checked
-    against run.json's sha256), else computed and cached on disk under a key of the strings and the
-    RDKit version (ZINC250k: ≈ 25-45 s to compute)."""
+def training_canonical(train_strings, molecules: bool, cache_dir=None, run_dir=None, grammar=None):
+    """The training strings as the novelty metric compares them (:func:`~grammar_rae.metrics.canonical`;
+    expressions as ``grammar``'s derivations). For molecules: a shipped run's hashed set when it was
+    made with this RDKit version (``novelty.npz``, checked against run.json's sha256), else computed
+    and cached on disk under a key of the strings and the RDKit version (ZINC250k: ≈ 25-45 s)."""
     if not molecules:
-        return set(train_strings)
+        return set(canonical(train_strings, False, grammar)) - {None}
     import hashlib
 
     import rdkit

@@ -1,8 +1,12 @@
 """Generation and reconstruction metrics for grammar models.
 
+Strings are compared in a canonical form (:func:`canonical`): molecules as RDKit canonical SMILES,
+expressions as their derivation written out, so spacing (``sin(x)+1``, ``sin( x ) + 1``) never
+tells two strings apart.
+
 - validity: the fraction of decodes that are grammar-complete and, for molecules, that RDKit can
   sanitise (the GrammarVAE's "prior validity" criterion);
-- uniqueness: distinct valid strings / valid strings (molecules compared as canonical SMILES);
+- uniqueness: distinct valid strings / valid strings;
 - novelty: valid distinct strings not in the training set / valid distinct strings;
 - reconstruction accuracy: the fraction of decodes equal to their input, (a) deterministic: encode
   once, decode by argmax; (b) the GrammarVAE protocol: encode each input ``n_encode`` times (the
@@ -32,9 +36,29 @@ def canonical_smiles(s: str | None) -> str | None:
     return Chem.MolToSmiles(mol) if mol is not None else None
 
 
-def canonical(strings: Iterable[str | None], molecules: bool) -> list[str | None]:
-    """Strings as compared by the metrics: canonical SMILES for molecules, else as they are."""
-    return [canonical_smiles(s) for s in strings] if molecules else [s or None for s in strings]
+def canonical(strings: Iterable[str | None], molecules: bool, grammar=None) -> list[str | None]:
+    """Strings as the metrics compare them: canonical SMILES for molecules; otherwise, given the
+    ``grammar``, the string its derivation gives (``sin(x)+1`` and ``sin( x ) + 1`` have one
+    derivation, so both read ``sin( x ) + 1``; None where the grammar does not parse it); without a
+    grammar, as they are."""
+    if molecules:
+        return [canonical_smiles(s) for s in strings]
+    if grammar is None:
+        return [s or None for s in strings]
+    return [derived_string(grammar, s) for s in strings]
+
+
+def derived_string(grammar, s: str | None) -> str | None:
+    """``grammar``'s derivation of ``s`` written out (its tokens joined by the grammar's separator),
+    or None if ``s`` is empty or outside the grammar."""
+    from .grammar import ParseError
+
+    if not s:
+        return None
+    try:
+        return grammar.derive(grammar.parse(s))
+    except ParseError:
+        return None
 
 
 class HashedStrings:
@@ -65,20 +89,22 @@ class HashedStrings:
 
 
 def generation_metrics(strings: Sequence[str | None], molecules: bool, training: Iterable[str] = (),
-                       training_canonical: set[str] | None = None) -> dict:
-    """validity, uniqueness and novelty of decoded strings (None = not grammar-complete).
+                       training_canonical: set[str] | None = None, grammar=None) -> dict:
+    """validity, uniqueness and novelty of decoded strings (None = not grammar-complete), compared
+    as :func:`canonical` writes them (pass the ``grammar`` of expressions, or a training file written
+    with other spacing counts as novel).
 
-    ``training_canonical``: ``set(canonical(training, molecules))`` computed once by a caller that
-    scores several sample sets against the same training data (≈ 25 s for ZINC250k's SMILES)."""
+    ``training_canonical``: ``set(canonical(training, molecules, grammar))`` computed once by a caller
+    that scores several sample sets against the same training data (≈ 25 s for ZINC250k's SMILES)."""
     n = len(strings)
     complete = sum(s is not None for s in strings)
-    canon = canonical(strings, molecules)
+    canon = canonical(strings, molecules, grammar)
     valid = [c for c in canon if c is not None]
     distinct = set(valid)
     if training_canonical is not None:
         train = training_canonical
     else:
-        train = set(canonical(training, molecules)) if training else set()
+        train = set(canonical(training, molecules, grammar)) - {None} if training else set()
     out = {"n": n, "grammar_complete": complete / n if n else 0.0, "validity": len(valid) / n if n else 0.0,
            "uniqueness": len(distinct) / len(valid) if valid else 0.0}
     if train:
@@ -98,12 +124,12 @@ def reconstruction_accuracy(model, rules: torch.Tensor, strings: Sequence[str], 
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    target = canonical(strings, molecules)
+    target = canonical(strings, molecules, model.grammar)
     stochastic_encoder = n_encode > 1 and family(model.config.model).stochastic
     memo: dict = {}
 
     def canon(got):
-        if not molecules:
+        if not molecules:  # a decode is its derivation written out: canonical already
             return [s or None for s in got]
         for s in got:
             if s not in memo:

@@ -374,8 +374,15 @@ def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, t
 
 def reconstruct_strings(run_dir: str | Path, strings, device="auto"):
     """Encode each string and decode it by argmax: ``(rows, errors)`` with rows ``(input, decode or
-    "", exact match)`` for the strings the grammar parses, errors as :func:`encode_strings` gives them."""
-    net, _ = load_run(run_dir, device=resolve_device(device))   # loaded (and checksummed) once for both ways
+    "", match)`` for the strings the grammar parses, errors as :func:`encode_strings` gives them. A
+    match compares canonical forms, as the metrics do (metrics.canonical: the same molecule, or the
+    same derivation -- ``sin(x)+1`` comes back as ``sin( x ) + 1``)."""
+    from .metrics import canonical
+
+    net, meta = load_run(run_dir, device=resolve_device(device))   # loaded (and checksummed) once for both ways
     z, keep, errors = _encode_with(net, strings)
     back = decode_strings(net, z) if len(keep) else []
-    return [(strings[i], b or "", strings[i] == b) for i, b in zip(keep, back)], errors
+    molecules = meta.get("base_grammar", net.grammar.name) == "smiles"
+    want = canonical([strings[i] for i in keep], molecules, net.grammar)
+    got = canonical(back, molecules, net.grammar)
+    return [(strings[i], b or "", w is not None and w == g) for i, b, w, g in zip(keep, back, want, got)], errors

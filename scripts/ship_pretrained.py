@@ -3,8 +3,11 @@
 Copies run.json (its data source rewritten to the shipped dataset's name when the sha256 matches),
 grammar.cfg, split.npz, the best weights as fp16 safetensors, the training history, and the
 densities refitted on the codes of the fp16 model (so they describe exactly what ships). Adds a
-"pretrained" block to run.json: how it was trained (command, device, wall time, epochs) and the
-measured summary lines `grammar-rae pretrained list` prints.
+"pretrained" block to run.json: how it was trained (command, device, wall time, epochs), the
+measured summary lines `grammar-rae pretrained list` prints and, for a model with a fixture of
+training molecules (FIXTURES), the fraction of them the shipped weights reconstruct by argmax
+("fixture_reconstruction", which tests/test_pretrained.py holds the model to). A missing fixture is
+written first: a seeded sample of 200 of the run's training rows.
 
     python scripts/ship_pretrained.py RUN NAME --command "grammar-rae train ..." --device "2-core CPU" \
         [--summary "line" ...] [--no-refit]
@@ -19,7 +22,34 @@ from grammar_rae.checkpoint import file_sha256, load_weights, read_json, save_we
 from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.data.shipped import SHIPPED, resolve_source
 from grammar_rae.pretrained import ROOT
-from grammar_rae.run import fit_densities, load_run, load_split, padded_rules
+from grammar_rae.run import fit_densities, load_run, load_split, padded_rules, reconstruct_strings
+
+FIXTURES = {"zinc-grae": Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "zinc_train_200.smi"}
+
+
+def training_fixture(run_dir: Path, meta: dict, path: Path, n: int = 200) -> list[str]:
+    """The fixture's strings, all checked to be training rows of the run (written first, from a seeded
+    sample of its training rows, when ``path`` does not exist)."""
+    net, _ = load_run(run_dir)
+    ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"]), quiet=True)
+    train = load_split(run_dir, meta)[0]
+    if not path.is_file():
+        rows = np.sort(np.random.default_rng(0).choice(train, size=n, replace=False))
+        path.write_text("".join(ds.strings[i] + "\n" for i in rows), encoding="utf-8")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    outside = set(lines) - {ds.strings[i] for i in train}
+    if outside:
+        raise SystemExit(f"{path}: {len(outside)} strings are not training rows of {run_dir} (another split?); "
+                         "delete the file to draw a new fixture from this run's training rows")
+    return lines
+
+
+def fixture_reconstruction(run_dir: Path, strings: list[str]) -> float:
+    """The fraction of ``strings`` the run reconstructs by argmax (canonical forms equal), on the CPU."""
+    rows, errors = reconstruct_strings(run_dir, strings, device="cpu")
+    if errors or len(rows) != len(strings):
+        raise SystemExit(f"{len(errors)} fixture strings could not be encoded: {errors[:3]}")
+    return sum(match for *_, match in rows) / len(strings)
 
 
 def main():
@@ -75,6 +105,11 @@ def main():
         np.savez_compressed(tmp / "novelty.npz", hashes=np.array(hashes, dtype=np.int64))
         meta["novelty"] = {"rdkit": rdkit.__version__, "sha256": file_sha256(tmp / "novelty.npz")}
         write_json(tmp / "run.json", meta)
+    if args.name in FIXTURES:
+        strings = training_fixture(tmp, meta, FIXTURES[args.name])
+        meta["pretrained"]["fixture_reconstruction"] = rate = fixture_reconstruction(tmp, strings)
+        write_json(tmp / "run.json", meta)
+        print(f"{FIXTURES[args.name].name}: {rate:.1%} reconstructed by argmax")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     for f in sorted(out.rglob("*")):

@@ -28,11 +28,17 @@ def test_a_small_demo_writes_what_it_reports(tmp_path):
     rows = [l.split("\t") for l in (out / "reconstructions.tsv").read_text().splitlines()]
     assert len(rows) == 20
     hits = sum(canon(a) is not None and canon(a) == canon(b) for a, b in rows)  # RDKit, independently
-    assert facts["reconstruction"] == hits / 20
+    assert facts["reconstruction"] == hits / 20 and hits > 0  # 0 == 0 would hold for a decoder that never finishes
     samples = (out / "samples.smi").read_text().splitlines()
     assert len(samples) == 40
     assert facts["samples"]["validity"] == sum(canon(s) is not None for s in samples) / 40
-    assert (out / "samples.png").stat().st_size > 1000 or facts["samples"]["validity"] == 0
+    # the shipped model's GMM samples hold molecules (21.7% of 1,000 valid), and the grid draws them:
+    # up to 24 valid ones, 6 to a row of 220 x 180 pixel cells
+    drawn = min(24, round(facts["samples"]["validity"] * 40))
+    assert drawn > 0
+    png = (out / "samples.png").read_bytes()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (width, height) == (220 * min(6, drawn), 180 * -(-drawn // 6))
     assert (out / "interpolation.png").is_file() and len((out / "interpolation.smi").read_text().splitlines()) == 8
     assert (out / "bo" / "best_vs_evaluations.png").is_file() and (out / "bo" / "report.json").is_file()
     assert (out / "expr-rae" / "density" / "gmm.json").is_file()

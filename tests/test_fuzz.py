@@ -203,6 +203,15 @@ RUN_FILES = ["run.json", "grammar.cfg", "split.npz", "checkpoints/best.safetenso
              "checkpoints/last.json", "density/gmm.safetensors", "density/gmm.json", "density/gaussian.safetensors"]
 
 
+def on_disk(run: Path, target: str) -> Path:
+    """The file of ``run`` a RUN_FILES entry names: the best weights under the versioned name best.json gives."""
+    if target == "checkpoints/best.safetensors":
+        import json
+
+        return run / "checkpoints" / json.loads((run / "checkpoints" / "best.json").read_text())["weights"]
+    return run / target
+
+
 def damage(box: Sandbox, path: Path, how: str, rng) -> None:
     raw = path.read_bytes()
     if how == "truncate":
@@ -231,7 +240,7 @@ def test_damaged_run_directories_are_refused_or_still_correct(tmp_path, monkeypa
     run = box.root / "run"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(expr_run, run)
-    damage(box, run / target, how, np.random.default_rng(seed))
+    damage(box, on_disk(run, target), how, np.random.default_rng(seed))
     r = box.invoke(["sample", "--run", run, "--n", "20", "--out", "s.txt"], outputs=["s.txt"])
     if target in ("checkpoints/best.safetensors", "density/gmm.safetensors"):  # what `sample` reads
         assert r.exit_code != 0, f"sample accepted a damaged {target}"  # the checksum or the format refuses it
@@ -262,23 +271,59 @@ def test_a_changed_byte_in_any_tensor_file_is_refused_by_name(tmp_path, expr_run
     for target in ["checkpoints/best.safetensors", "density/gmm.safetensors", "density/gaussian.safetensors"]:
         run = tmp_path / target.replace("/", "-")
         shutil.copytree(expr_run, run)
-        b = bytearray((run / target).read_bytes())
+        path = on_disk(run, target)
+        b = bytearray(path.read_bytes())
         b[-5] ^= 0x01  # inside the tensor data, far from the header
-        (run / target).write_bytes(bytes(b))
-        with pytest.raises((RunError, DensityError), match=rf"{Path(target).name} has changed since it was written"):
+        path.write_bytes(bytes(b))
+        with pytest.raises((RunError, DensityError), match=rf"{path.name} has changed since it was written"):
             load_run(run)
             load_density(run, Path(target).stem, 25)
 
 
 # ------------------------------------------------------------------------------------- optimize, images
+def optimize_once(box: Sandbox, run, target: str):
+    """One BO iteration of two points towards ``target``, small enough for a fuzz example."""
+    shutil.rmtree(box.root / "bo", ignore_errors=True)
+    return box.invoke(["optimize", "--objective", "expr", "--target", target, "--run", run, "--iterations", "1",
+                       "--batch", "2", "--n-decode", "2", "--inducing", "10", "--gp-epochs", "1", "--device", "cpu",
+                       "--out", "bo"], outputs=["bo"])
+
+
+def check_bo_report(box: Sandbox, target: str):
+    import json
+
+    report = json.loads((box.root / "bo" / "report.json").read_text())
+    assert report["target"] == target and len(report["evaluations"]) == 2
+    assert all(np.isfinite(e["score"]) and 0 <= e["score"] <= np.log(1001) + 1e-12 for e in report["evaluations"])
+
+
 @FAST
 @given(target=st.text(max_size=40) | st.sampled_from(["x +", "sin( x", "1 / 0", "exp( exp( exp( x * x ) ) )", "x"]))
 def test_optimize_targets_fail_cleanly(tmp_path, monkeypatch, expr_run, target):
+    """Whatever the target, the BO runs its iteration and reports it, or refuses the target saying why."""
     box = Sandbox(tmp_path / "box", monkeypatch)
-    r = box.invoke(["optimize", "--objective", "expr", "--target", target, "--run", expr_run, "--iterations", "0",
-                    "--out", "bo"], outputs=["bo"])
-    if target == "x +":
-        assert r.exit_code != 0 and "not an expression of the expr grammar" in r.output
+    r = optimize_once(box, expr_run, target)
+    if r.exit_code == 0:
+        check_bo_report(box, target)
+    else:
+        assert "target" in r.output and "expression" in r.output, r.output
+
+
+@pytest.mark.parametrize("target,refusal", [
+    ("x +", "not an expression of the expr grammar"), ("1 / 0", "not an expression of the expr grammar"),
+    ("exp( exp( exp( x * x ) ) )", "not finite everywhere")])
+def test_optimize_refuses_targets_it_cannot_fit(tmp_path, monkeypatch, expr_run, target, refusal):
+    box = Sandbox(tmp_path / "box", monkeypatch)
+    r = optimize_once(box, expr_run, target)
+    assert r.exit_code == 1 and refusal in r.output and not (box.root / "bo" / "report.json").exists()
+
+
+@pytest.mark.parametrize("target", ["x", "1/(x+x)", "sin(x*x)*3"])  # a pole between grid points; no spaces
+def test_optimize_runs_an_iteration_for_any_target_it_accepts(tmp_path, monkeypatch, expr_run, target):
+    box = Sandbox(tmp_path / "box", monkeypatch)
+    r = optimize_once(box, expr_run, target)
+    assert r.exit_code == 0, r.output
+    check_bo_report(box, target)
 
 
 @settings(max_examples=4, deadline=None, derandomize=True,

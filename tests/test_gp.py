@@ -236,3 +236,61 @@ def test_density_region_keeps_ei_and_the_incumbent_inside_it(gp, disk_region):
     assert best_in_disk - 0.02 <= inc_region < inc_box - 0.3, (inc_region, best_in_disk, inc_box)
     with pytest.raises(ValueError, match="grid search only"):
         batched_greedy_ei(gp, inc_region, batch=1, search="multistart", density=density, threshold=tau, **box)
+
+
+class StrayTensors(torch.overrides.TorchFunctionMode):
+    """Tensors that grammar_rae.optimize creates without saying where land on the meta device.
+
+    ``SparseGP.fit(device="cuda")`` keeps its data on the GPU; a factory call without a device (the
+    ``torch.eye`` of the inducing Cholesky) makes a CPU tensor, and adding it to the GPU's fails. No
+    GPU is needed to see it: with the GP on the CPU, such a tensor is sent to the meta device instead,
+    where mixing it with the GP's tensors fails the same way (and any that slip through are listed).
+    Only calls made directly by the package count: torch's own (Adam's step counter) are left alone."""
+
+    FACTORIES = {torch.eye, torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn,
+                 torch.randint, torch.randperm, torch.arange, torch.linspace, torch.tensor, torch.as_tensor,
+                 torch.scalar_tensor}
+
+    def __init__(self):
+        super().__init__()
+        self.strays = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        import sys
+
+        kwargs = dict(kwargs or {})
+        caller = sys._getframe(1).f_code.co_filename  # factories are C functions: the frame that called it
+        made_here = "grammar_rae/optimize/" in caller.replace("\\", "/")
+        from_tensor = func in (torch.tensor, torch.as_tensor) and isinstance(args[0], torch.Tensor)
+        if func in self.FACTORIES and made_here and kwargs.get("device") is None and not from_tensor:
+            self.strays.append(f"{func.__name__} at {caller}:{sys._getframe(1).f_lineno}")
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def fit_and_acquire(region=None):
+    """Fit, predict, the incumbent and both EI searches on a tiny problem."""
+    from grammar_rae.optimize.acquisition import posterior_mean_incumbent
+
+    x, y = data(200, 5)
+    gp = SparseGP.fit(x, y, n_inducing=20, epochs=3, batch=100, lr=0.02, seed=0, device="cpu")
+    out = {"predict": np.concatenate(gp.predict(x[:10])), "rmse": gp.test_metrics(x[:50], y[:50])["rmse"]}
+    box = dict(lower=np.array([-2, -2]), upper=np.array([2, 2]), seed=1)
+    density, tau = region if region is not None else (None, None)
+    for search in ("grid", "multistart"):
+        where = dict(density=density, threshold=tau) if search == "grid" else {}
+        best = posterior_mean_incumbent(gp, search=search, n_grid=200, steps=10, **box, **where)
+        out[search] = batched_greedy_ei(gp, best, batch=3, search=search, n_grid=200, maxiter=10, n_candidates=50,
+                                        steps=5, **box, **where)
+        out[f"{search}-incumbent"] = best
+    return out
+
+
+def test_the_gp_and_acquisition_make_every_tensor_on_the_gps_device(disk_region):
+    plain = fit_and_acquire(disk_region)
+    mode = StrayTensors()
+    with mode:
+        checked = fit_and_acquire(disk_region)
+    assert mode.strays == []
+    for k in plain:  # the same numbers: no tensor went elsewhere unnoticed
+        np.testing.assert_array_equal(checked[k], plain[k], err_msg=k)

@@ -22,6 +22,24 @@ def test_expression_metrics_compare_strings():
     assert m["validity"] == 0.75 and m["uniqueness"] == 2 / 3 and m["novelty"] == 0.5
 
 
+def test_expressions_are_compared_as_derivations_whatever_their_spacing(expr):
+    """``x+1`` and ``x + 1`` are one expression: one derivation, written the grammar's way."""
+    from grammar_rae.evaluate import training_canonical
+    from grammar_rae.metrics import canonical
+
+    assert canonical(["sin(x)+1", "sin( x ) + 1", " x*3", "x +", None], False, expr) == [
+        "sin( x ) + 1", "sin( x ) + 1", "x * 3", None, None]
+    decodes = ["x + 1", "x+1", "sin( x ) * 2", "( x ) / 3", None]
+    m = generation_metrics(decodes, molecules=False, training=["x +1", "sin(x)*2"], grammar=expr)
+    assert m["validity"] == 0.8 and m["uniqueness"] == 3 / 4 and m["novelty"] == 1 / 3
+    # the training strings themselves, written another way, are not novel
+    training = ["x+1", "sin(x)*2", "(x)/3", "exp(x*x)+2"]
+    respaced = ["x + 1", "sin( x ) * 2", "( x ) / 3", "exp( x * x ) + 2"]
+    assert generation_metrics(respaced, False, training=training, grammar=expr)["novelty"] == 0.0
+    once = training_canonical(training, False, grammar=expr)  # as `evaluate` computes it once per run
+    assert generation_metrics(respaced, False, training_canonical=once, grammar=expr)["novelty"] == 0.0
+
+
 def test_expression_curves():
     x, ys = expression_curves(["x * x", "sin( x )", "exp( x * x * x )", "1 / ( x - x )", "__import__('os')", None])
     assert np.allclose(ys[0], x * x) and np.allclose(ys[1], np.sin(x))

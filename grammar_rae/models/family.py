@@ -1,7 +1,7 @@
 """The RAE/VAE/AE family as data: one entry per model says what its loss adds to the reconstruction
 term (Ghosh et al., ICLR 2020, eq. 11) and how its encoder is used. Grammar and image models read
-this table; adding a model is one ``Family`` line here (and, for a new kind of term, one function in
-``regularisers.py``).
+this table; adding a model is one ``Family`` line here (and, for a new kind of term, its name in
+``LATENT_TERMS`` or ``DECODER_TERMS`` and one function in ``regularisers.py``).
 
   latent term   "l2"  ½‖z‖² (RAE eq. 10; the CV-VAE's KL up to a constant)
                 "kl"  KL(N(μ, σ²) ‖ N(0, I))  (Kingma & Welling 2014)
@@ -11,12 +11,22 @@ this table; adding a model is one ``Family`` line here (and, for a new kind of t
                 None: deterministic, z = μ
   n_column      the density behind the RAE paper's "N" column: the fitted Gaussian, the prior
                 (models trained to match it), or the 2s-VAE's second stage
+
+Each model's loss is the weighted sum of exactly the terms its entry names (``Family.weights``):
+``regularisers.objective`` refuses a term that has no weight here instead of logging it and leaving
+it out of the total.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+
+
+# The term each setting adds to L_REC, by the name it is logged under: the latent term is weighted by
+# β, the decoder regulariser by λ (eq. 11); spectral normalisation constrains the weights, no term.
+LATENT_TERMS = {"l2": "z", "kl": "kl", "mmd": "mmd"}
+DECODER_TERMS = {"l2": "reg", "gp": "reg", "sn": None}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,16 @@ class Family:
     def stochastic(self) -> bool:
         """z differs from the encoder mean in training (so repeated encodes differ)."""
         return self.posterior is not None
+
+    def weights(self, beta: float, lam: float) -> dict[str, float]:
+        """The terms of this model's loss, by the name each is logged under, with their weights:
+        L = L_REC + β·(latent term) + λ·L_REG (RAE eq. 11)."""
+        out = {"rec": 1.0}
+        if self.latent_term is not None:
+            out[LATENT_TERMS[self.latent_term]] = beta
+        if DECODER_TERMS.get(self.decoder_reg) is not None:
+            out[DECODER_TERMS[self.decoder_reg]] = lam
+        return out
 
 
 # The grammar experiments of the RAE paper do not list their (β, λ); these follow its image-table

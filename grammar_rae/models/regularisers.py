@@ -82,29 +82,36 @@ def mmd_imq(z: torch.Tensor, prior: torch.Tensor, scale: float = 1.0) -> torch.T
     return kzz + kpp - 2 * k(z, prior).mean()
 
 
-def objective(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: torch.Tensor, output: torch.Tensor,
-              decoder: nn.Module, beta: float, lam: float) -> tuple[torch.Tensor, dict]:
-    """L = L_REC + β·(latent term) + λ·L_REG (RAE eq. 11) for every member of the family, shared by the
-    grammar and image models; the terms come from the model's ``Family`` entry. ``output`` is the
-    decoder output computed from ``z`` (for RAE-GP)."""
-    from .family import family
+def loss_terms(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: torch.Tensor, output: torch.Tensor,
+               decoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The terms of ``model``'s loss (its ``Family`` entry), by the names family.py gives them."""
+    from .family import DECODER_TERMS, LATENT_TERMS, family
 
     f = family(model)
     terms = {"rec": rec}
     if f.latent_term == "l2":
-        terms["z"] = latent_l2(mean).mean()
+        terms[LATENT_TERMS["l2"]] = latent_l2(mean).mean()
     elif f.latent_term == "kl":
-        terms["kl"] = gaussian_kl(mean, log_var).mean()
+        terms[LATENT_TERMS["kl"]] = gaussian_kl(mean, log_var).mean()
     elif f.latent_term == "mmd":
-        terms["mmd"] = mmd_imq(z, torch.randn_like(z))
+        terms[LATENT_TERMS["mmd"]] = mmd_imq(z, torch.randn_like(z))
     if f.decoder_reg == "l2":
-        terms["reg"] = decoder_l2(decoder)
+        terms[DECODER_TERMS["l2"]] = decoder_l2(decoder)
     elif f.decoder_reg == "gp":
-        terms["reg"] = gradient_penalty(output, z).mean()
-    total = rec
-    for name, value in terms.items():
-        if name in ("z", "kl", "mmd"):
-            total = total + beta * value
-        elif name == "reg":
-            total = total + lam * value
-    return total, terms
+        terms[DECODER_TERMS["gp"]] = gradient_penalty(output, z).mean()
+    return terms
+
+
+def objective(model: str, rec: torch.Tensor, mean: torch.Tensor, log_var, z: torch.Tensor, output: torch.Tensor,
+              decoder: nn.Module, beta: float, lam: float) -> tuple[torch.Tensor, dict]:
+    """L = L_REC + β·(latent term) + λ·L_REG (RAE eq. 11) for every member of the family, shared by the
+    grammar and image models: the sum of every term weighted as the model's ``Family`` entry says.
+    ``output`` is the decoder output computed from ``z`` (for RAE-GP)."""
+    from .family import family
+
+    terms = loss_terms(model, rec, mean, log_var, z, output, decoder)
+    weights = family(model).weights(beta, lam)
+    if terms.keys() != weights.keys():
+        raise RuntimeError(f"{model}: the loss has the terms {sorted(terms)} but family.py weights "
+                           f"{sorted(weights)}; give every term a weight in its Family entry")
+    return sum(weights[name] * value for name, value in terms.items()), terms

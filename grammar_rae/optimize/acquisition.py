@@ -62,9 +62,9 @@ class Region:
     Far from the codes the GP's mean extrapolates (posterior means far below every observed score)
     and the decoder rarely finishes a valid string; the region keeps EI where both were trained."""
 
-    def __init__(self, lower, upper, density=None, threshold: float | None = None):
-        self.lo = torch.as_tensor(lower, dtype=torch.float64)
-        self.hi = torch.as_tensor(upper, dtype=torch.float64)
+    def __init__(self, lower, upper, density=None, threshold: float | None = None, device="cpu"):
+        self.lo = torch.as_tensor(lower, dtype=torch.float64, device=device)
+        self.hi = torch.as_tensor(upper, dtype=torch.float64, device=device)
         if (density is None) != (threshold is None):
             raise ValueError("a density region needs both the density and its threshold")
         self.density, self.threshold = density, threshold
@@ -73,19 +73,20 @@ class Region:
         """Which rows of ``x`` [n, d] lie in the region (the box is the caller's: L-BFGS-B's bounds)."""
         if self.density is None:
             return np.ones(len(x), dtype=bool)
-        return self.density.log_prob(x.detach().numpy()) >= self.threshold
+        return self.density.log_prob(x.detach().cpu().numpy()) >= self.threshold
 
     def grid(self, n: int, g: torch.Generator) -> torch.Tensor:
         """``n`` points of the region: uniform in the box, or draws of the density inside the box
-        (clipped to it) that pass the threshold, drawn in rounds until there are ``n``."""
+        (clipped to it) that pass the threshold, drawn in rounds until there are ``n``. ``g`` is a CPU
+        generator: a seed gives the same points on every device."""
         if self.density is None:
-            return self.lo + (self.hi - self.lo) * torch.rand(n, len(self.lo), generator=g, dtype=torch.float64)
+            return self.lo + (self.hi - self.lo) * _uniform(n, len(self.lo), g, self.lo.device)
         kept = []
         for _ in range(100):
-            seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
-            draw = torch.as_tensor(self.density.sample(2 * n, seed=seed), dtype=torch.float64)
+            seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g, device="cpu"))
+            draw = torch.as_tensor(self.density.sample(2 * n, seed=seed), dtype=torch.float64, device=self.lo.device)
             draw = torch.maximum(torch.minimum(draw, self.hi), self.lo)
-            kept.append(draw[torch.as_tensor(self.inside(draw))])
+            kept.append(draw[torch.as_tensor(self.inside(draw), device=self.lo.device)])
             if sum(len(k) for k in kept) >= n:
                 return torch.cat(kept)[:n]
         raise ValueError(f"the density region is too small: fewer than {n} of {200 * n} draws passed "
@@ -145,7 +146,7 @@ class BelievedGP:
         a_f, sa_f = self._project(xf)
         cov = self.gp.kernel(xf, xf) - a_f.T @ a_f + sa_f.T @ sa_f
         # believed exactly (jitter only): a chosen point's variance drops to ~0, so its EI does too
-        c_inv = torch.linalg.inv(cov + 1e-6 * torch.eye(len(xf), dtype=cov.dtype))
+        c_inv = torch.linalg.inv(cov + 1e-6 * torch.eye(len(xf), dtype=cov.dtype, device=cov.device))
         self._f = (xf, a_f, sa_f, c_inv)
 
 
@@ -162,7 +163,7 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
     ``n_starts``, ``steps``, ``lr``).
     """
     g = torch.Generator().manual_seed(seed)
-    region = Region(lower, upper, density, threshold)
+    region = Region(lower, upper, density, threshold, device=gp.z.device)
     lo, hi = region.lo, region.hi
     sign = 1.0 if maximise else -1.0
     f_best = sign * (best - gp.y_mean) / gp.y_std  # in the GP's standardised units, signed
@@ -178,21 +179,23 @@ def batched_greedy_ei(gp: SparseGP, best: float, lower: np.ndarray, upper: np.nd
 
 def _lbfgs(f, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxiter: int) -> torch.Tensor:
     """``x0`` [d] moved uphill on the scalar ``f`` (of a [1, d] batch) by L-BFGS-B inside the box, as
-    the GrammarVAE's ``global_optimization`` does; the start is kept if the search ends lower."""
+    the GrammarVAE's ``global_optimization`` does (on the host; ``f`` runs where ``x0`` is); the start
+    is kept if the search ends lower."""
     from scipy.optimize import minimize
 
     def negative(v):
-        x = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        x = torch.tensor(v, dtype=torch.float64, device=x0.device, requires_grad=True)
         value = -f(x[None])[0]
         value.backward()
         if not torch.isfinite(value):
             return 1e300, np.zeros_like(v)
-        return float(value.detach()), x.grad.numpy().copy()
+        return float(value.detach()), x.grad.cpu().numpy().copy()
 
-    start = negative(x0.numpy())[0]
-    r = minimize(negative, x0.numpy(), jac=True, method="L-BFGS-B", bounds=list(zip(lo.tolist(), hi.tolist())),
+    v0 = x0.detach().cpu().numpy()
+    start = negative(v0)[0]
+    r = minimize(negative, v0, jac=True, method="L-BFGS-B", bounds=list(zip(lo.tolist(), hi.tolist())),
                  options={"maxiter": maxiter})
-    return torch.as_tensor(r.x, dtype=torch.float64) if r.fun <= start else x0.clone()
+    return torch.as_tensor(r.x, dtype=torch.float64, device=x0.device) if r.fun <= start else x0.clone()
 
 
 def _greedy_grid(gp, f_best, sign, region: Region, batch, grid, maxiter) -> np.ndarray:
@@ -209,7 +212,7 @@ def _greedy_grid(gp, f_best, sign, region: Region, batch, grid, maxiter) -> np.n
         x = region.pull(start, _lbfgs(log_ei, start, lo, hi, maxiter))
         f_best = _believe(believed, x, sign, f_best, region, maxiter)
         chosen.append(x)
-    return torch.stack(chosen).numpy()
+    return torch.stack(chosen).cpu().numpy()
 
 
 def _believe(believed: "BelievedGP", x: torch.Tensor, sign: float, f_best: float, region: Region,
@@ -227,6 +230,11 @@ def _believe(believed: "BelievedGP", x: torch.Tensor, sign: float, f_best: float
     top = region.pull(x, _lbfgs(signed_mean, x, region.lo, region.hi, maxiter))
     with torch.no_grad():
         return max(mean, float(signed_mean(top[None])[0]))
+
+
+def _uniform(n: int, d: int, g: torch.Generator, device) -> torch.Tensor:
+    """[n, d] uniform draws on [0, 1) from the CPU generator ``g``, moved to ``device``."""
+    return torch.rand(n, d, generator=g, dtype=torch.float64, device="cpu").to(device)
 
 
 def _signed(mean_var, sign):
@@ -263,7 +271,7 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
     believed = BelievedGP(gp)
     chosen = []
     for _ in range(batch):
-        cand = lo + (hi - lo) * torch.rand(n_candidates, len(lo), generator=g, dtype=torch.float64)
+        cand = lo + (hi - lo) * _uniform(n_candidates, len(lo), g, lo.device)
         with torch.no_grad():
             mean, var = believed.mean_var(cand)
             ei = expected_improvement(sign * mean, var, f_best)
@@ -274,9 +282,9 @@ def _greedy(gp, f_best, sign, lo, hi, batch, n_candidates, n_starts, steps, lr, 
             mean, var = believed.mean_var(starts)
             ei = expected_improvement(sign * mean, var, f_best)
         x = starts[ei.argmax()].detach()
-        f_best = _believe(believed, x, sign, f_best, Region(lo, hi))
+        f_best = _believe(believed, x, sign, f_best, Region(lo, hi, device=lo.device))
         chosen.append(x)
-    return torch.stack(chosen).numpy()
+    return torch.stack(chosen).cpu().numpy()
 
 
 def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray, maximise: bool = True,
@@ -289,7 +297,7 @@ def posterior_mean_incumbent(gp: SparseGP, lower: np.ndarray, upper: np.ndarray,
     Adam steps clipped to the box, as BENCHMARKS.md's multistart rows ran). ``density`` and
     ``threshold``: over the density region only (:class:`Region`; grid search)."""
     g = torch.Generator().manual_seed(seed)
-    region = Region(lower, upper, density, threshold)
+    region = Region(lower, upper, density, threshold, device=gp.z.device)
     if search != "grid" and density is not None:
         raise ValueError("the density region is searched by the grid search only (search='grid')")
     lo, hi = region.lo, region.hi

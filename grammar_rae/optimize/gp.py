@@ -41,13 +41,14 @@ class SparseGP(nn.Module):
     def __init__(self, inducing: torch.Tensor, lengthscale: torch.Tensor | float = 1.0, noise: float = 0.1):
         super().__init__()
         m, d = inducing.shape
+        like = dict(dtype=inducing.dtype, device=inducing.device)  # every parameter where the inducing points are
         self.z = nn.Parameter(inducing.clone())
-        ls = torch.as_tensor(lengthscale, dtype=inducing.dtype).expand(d).clone()
+        ls = torch.as_tensor(lengthscale, **like).expand(d).clone()
         self.log_lengthscale = nn.Parameter(ls.log())
-        self.log_outputscale = nn.Parameter(torch.zeros((), dtype=inducing.dtype))
-        self.log_noise = nn.Parameter(torch.tensor(math.log(noise), dtype=inducing.dtype))
-        self.q_mean = nn.Parameter(torch.zeros(m, dtype=inducing.dtype))
-        self.q_sqrt = nn.Parameter(torch.eye(m, dtype=inducing.dtype))  # lower-triangular part is used
+        self.log_outputscale = nn.Parameter(torch.zeros((), **like))
+        self.log_noise = nn.Parameter(torch.tensor(math.log(noise), **like))
+        self.q_mean = nn.Parameter(torch.zeros(m, **like))
+        self.q_sqrt = nn.Parameter(torch.eye(m, **like))  # lower-triangular part is used
         self.y_mean, self.y_std = 0.0, 1.0
 
     # ------------------------------------------------------------------ kernel
@@ -62,7 +63,7 @@ class SparseGP(nn.Module):
     def _chol_mm(self):
         kmm = self.kernel(self.z, self.z)
         jitter = 1e-6 * kmm.diagonal().mean()
-        return torch.linalg.cholesky(kmm + jitter * torch.eye(len(self.z), dtype=kmm.dtype))
+        return torch.linalg.cholesky(kmm + jitter * torch.eye(len(self.z), dtype=kmm.dtype, device=kmm.device))
 
     def _project(self, x: torch.Tensor, l_mm=None):
         l_mm = self._chol_mm() if l_mm is None else l_mm
@@ -118,7 +119,8 @@ class SparseGP(nn.Module):
         ys = (yt - y_mean) / y_std
         warm = init
         m = len(warm.z) if warm is not None else min(n_inducing, len(xt))
-        chosen = torch.randperm(len(xt), generator=g)[:m].to(device)
+        # draws from the CPU generator, so a seed chooses the same points on every device
+        chosen = torch.randperm(len(xt), generator=g, device="cpu")[:m].to(device)
         init = xt[chosen]
         # lengthscale: median pairwise distance of a subset, per dimension via the data spread
         spread = xt.std(0).clamp_min(1e-3)
@@ -132,7 +134,7 @@ class SparseGP(nn.Module):
         opt = torch.optim.Adam(gp.parameters(), lr=lr)
         n = len(xt)
         for _ in tqdm(range(epochs), desc="sparse GP", disable=not progress):
-            order = torch.randperm(n, generator=g).to(device)
+            order = torch.randperm(n, generator=g, device="cpu").to(device)
             for i in range(0, n, batch):
                 idx = order[i:i + batch]
                 loss = -gp.elbo(xt[idx], ys[idx], n) / n
