@@ -9,6 +9,7 @@ from . import main, options as O
 @main.command()
 @O.out_dir("Folder for everything the demo writes.", required=False, default="runs/demo")
 @O.cache_dir
+@O.semantics
 def demo(out, cache_dir):
     """Molecules from the shipped zinc-grae, then training a small expression model -- offline.
 

@@ -210,6 +210,7 @@ def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
 @O.run()
 @O.strings_input
 @O.out_file("TSV: input, reconstruction, match.", required=False)
+@O.semantics
 @O.device
 def reconstruct(run_dir, input_path, out, device):
     """Encode and decode (argmax) each string; report the fraction reconstructed exactly."""
@@ -233,6 +234,7 @@ def reconstruct(run_dir, input_path, out, device):
 @click.option("--gvae-protocol", is_flag=True,
               help="Also the GrammarVAE protocol: each test row encoded 10x and decoded 100x by sampling (slow).")
 @O.seed
+@O.semantics
 @O.device
 @O.cache_dir
 @O.out_dir("Output folder (default RUN/eval; eval/NAME for a shipped pretrained model).", required=False)

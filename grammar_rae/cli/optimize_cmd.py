@@ -59,6 +59,7 @@ def _seeds(ctx, param, value):
 @O.device
 @O.threads
 @O.out_dir("Output folder (resumable with the same settings).")
+@O.semantics
 def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
              gp_lr, gp_backend, incumbent, ei_search, region, region_quantile, scoring, data_rows, device, threads, out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).

@@ -30,8 +30,23 @@ def out_dir(help_text: str, required: bool = True, default=None):
                         help=help_text, show_default=default is not None)
 
 
+def _set_semantics(ctx, param, value):
+    from ..models.semantics import set_enabled
+
+    set_enabled(value)
+    return value
+
+
+semantics = click.option(
+    "--semantics/--no-semantics", default=True, show_default=True, expose_value=False, callback=_set_semantics,
+    help="SMILES: decode under the semantic layer as well as the grammar (ring bonds always closed, no closure "
+         "onto a bonded atom, valences kept, aromatic atoms on rings; grammar_rae/models/semantics.py). "
+         "--no-semantics: the context-free grammar alone, as the GrammarVAE decodes. No effect on expressions.")
+
+
 def decoding(f):
     """--stochastic / --temperature: how rules are chosen when decoding."""
+    f = semantics(f)
     f = click.option("--temperature", default=1.0, show_default=True,
                      help="Softmax temperature of --stochastic decoding.")(f)
     return click.option("--stochastic", is_flag=True,

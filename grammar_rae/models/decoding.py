@@ -36,7 +36,7 @@ class StackMachine:
     all logits at once use :func:`decode`.
     """
 
-    def __init__(self, grammar: Grammar, batch: int, max_steps: int, device="cpu"):
+    def __init__(self, grammar: Grammar, batch: int, max_steps: int, device="cpu", semantics=None):
         self.grammar = grammar
         tables = _tables(grammar, torch.device(device))
         self.mask, self.push, self.n_push = tables
@@ -47,6 +47,8 @@ class StackMachine:
         self.sp = torch.ones(batch, dtype=torch.long, device=device)
         self._offsets = torch.arange(width, device=device)[None, :]
         self._padding_lhs = torch.tensor(grammar.padding_lhs, device=device)
+        # an optional semantic layer (semantics.py): extra masks from what the derivation has built
+        self.semantic_state = semantics.start(batch, depth, device) if semantics is not None else None
 
     def top(self) -> torch.Tensor:
         """[B] the left-hand side expanded at this step: the top of each stack (the padding LHS once
@@ -63,12 +65,21 @@ class StackMachine:
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Choose one rule per sample from ``logits`` [B, R]; returns the rule indices [B]."""
         allowed = self.current_mask()
+        if self.semantic_state is not None:
+            both = allowed & self.semantic_state.mask(self)
+            allowed = torch.where(both.any(1, keepdim=True), both, allowed)  # never an empty choice
         scores = _scores(logits, sample, temperature, generator)
         rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
+        self.force(rule)
+        return rule
+
+    def force(self, rule: torch.Tensor) -> None:
+        """Apply the rules [B] chosen at this step: the semantic record, then pop and push."""
+        if self.semantic_state is not None:
+            self.semantic_state.update(self, rule)
         self.sp -= (self.sp > 0).long()  # pop
         self.stack.scatter_(1, self.sp[:, None] + self._offsets, self.push[rule])  # push RHS, reversed
         self.sp += self.n_push[rule]
-        return rule
 
     @property
     def done(self) -> torch.Tensor:
@@ -94,11 +105,12 @@ def _tables(grammar: Grammar, device: torch.device):
 
 
 def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
-                  generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
-    """The stack machine as tensor operations on any device (what :func:`decode` runs on GPU)."""
+                  generator: torch.Generator | None = None, strings: bool = True, semantics=None) -> Decoded:
+    """The stack machine as tensor operations on any device (what :func:`decode` runs on GPU, and
+    wherever a semantic layer adds its masks)."""
     B, T, _ = logits.shape
     scores = _scores(logits, sample, temperature, generator)
-    machine = StackMachine(grammar, B, T, logits.device)
+    machine = StackMachine(grammar, B, T, logits.device, semantics=semantics)
     rules = torch.full((B, T), grammar.padding_index, dtype=torch.long, device=logits.device)
     with torch.no_grad():
         for t in range(T):
@@ -110,18 +122,19 @@ def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, 
 
 @torch.no_grad()
 def decode(grammar: Grammar, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
-           generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
+           generator: torch.Generator | None = None, strings: bool = True, semantics=None) -> Decoded:
     """Decode a batch of per-step logits ``[B, T, R]`` under the grammar's masks.
 
     On the GPU the stack machine runs as tensor operations; on the CPU the same choice (masked
     argmax of the same scores) runs in the native kernel, which compares only each popped LHS's
-    rules. Sampling draws Gumbel noise for the whole batch at once in both cases.
+    rules. Sampling draws Gumbel noise for the whole batch at once in both cases. ``semantics``: a
+    semantic layer (semantics.py) whose masks are added at every step (tensor operations).
     """
     B, T, _ = logits.shape
-    if logits.device.type == "cpu" and _native_kernel() is not None:
+    if semantics is None and logits.device.type == "cpu" and _native_kernel() is not None:
         rules, complete = _native_decode(grammar, _scores(logits, sample, temperature, generator))
         return finish(grammar, rules, complete, strings)
-    return decode_tensor(grammar, logits, sample, temperature, generator, strings)
+    return decode_tensor(grammar, logits, sample, temperature, generator, strings, semantics)
 
 
 def _scores(logits, sample, temperature, generator):

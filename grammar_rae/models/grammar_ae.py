@@ -129,6 +129,18 @@ class GrammarAE(nn.Module):
         self.register_buffer("rule_competitors", lhs_mask[torch.as_tensor(self.grammar.rule_lhs)], persistent=False)
         if config.decoder_reg == "sn":
             R.apply_spectral_norm(self.decoder)
+        # decoding under the grammar's semantic layer where it has one (SMILES: ring bonds, valence;
+        # semantics.py); set False to decode under the context-free grammar alone
+        from .semantics import enabled
+
+        self.semantics = enabled()
+
+    @property
+    def semantic_layer(self):
+        """The semantics object decoding uses (None: the CFG's masks only)."""
+        from .semantics import semantics_for
+
+        return semantics_for(self.grammar) if self.semantics else None
 
     @property
     def cuts_padding(self) -> bool:
@@ -219,7 +231,7 @@ class GrammarAE(nn.Module):
         logits = self.logits(z)
         self.train(was)
         for _ in range(n):
-            yield masked_decode(self.grammar, logits, sample, temperature, generator)
+            yield masked_decode(self.grammar, logits, sample, temperature, generator, semantics=self.semantic_layer)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, sample: bool = False, temperature: float = 1.0,
@@ -230,9 +242,10 @@ class GrammarAE(nn.Module):
         self.eval()
         try:
             if not self.decoder.autoregressive:
-                return masked_decode(self.grammar, self.logits(z), sample, temperature, generator, strings)
+                return masked_decode(self.grammar, self.logits(z), sample, temperature, generator, strings,
+                                     semantics=self.semantic_layer)
             B, T = len(z), self.config.max_length
-            machine = StackMachine(self.grammar, B, T, z.device)
+            machine = StackMachine(self.grammar, B, T, z.device, semantics=self.semantic_layer)
             rules = torch.full((B, T), self.grammar.padding_index, dtype=torch.long, device=z.device)
             prev = torch.full((B,), self.grammar.n_rules, dtype=torch.long, device=z.device)
             state = self.decoder.initial_state(z)

@@ -1,0 +1,407 @@
+"""SMILES semantics beside the grammar: ring-bond, valence and aromaticity constraints for the
+batched stack machine (the attribute constraints of SD-VAE, Dai et al., ICLR 2018, Sec. 3 -- here as
+tensor state for the whole batch, stepped with the stack, on CPU or CUDA; never a per-molecule loop).
+
+A context-free grammar cannot say that a ring-bond digit must be closed or that carbon has four bonds.
+This module keeps, per sample, what the derivation has built so far and masks the rules that would
+break it (``mask``), then records the chosen rule (``update``). The grammar itself stays data
+(``grammars/smiles.cfg``); only the symbols named below are looked up in it.
+
+State (all tensors, one row per sample):
+  attr[B, depth]   beside each stack entry, its branch level and context tag (ring bond / chain or
+                   branch bond / bracket), inherited from the rule that pushed it
+  counts[B, L]     how many of each non-terminal are on the stack: the atoms that can still follow
+                   (branched_atom, chain, branch, BB each yield at least one)
+  free[B, A]       each atom's valence budget left after the bonds it has and those already promised
+                   (its chain successor, ring bonds and branches are known when `branched_atom` expands)
+  open_atom/open_order[B, 9]   the atom that opened each ring digit 1-8 and the bond order it gave
+  bonded[B, A]     the atoms bonded to the current atom (no second bond to them by a ring closure)
+  last_at_level[B, V]  the last atom of each branch level: the atom the next bond leaves from
+
+Rules masked (each is necessary for a valid molecule, so a real molecule's derivation always passes:
+tests run all of ZINC250k through it):
+  - a ring digit that is open closes it; never onto the same atom or an atom already bonded to this
+    one; bond orders of the two ends agree; a digit opens a ring only if an atom can still follow;
+  - where no atom can follow and rings are open, the atom must take ring bonds, as many as rings are open;
+  - an atom's element must have the valence for its incoming bond, its successor, ring bonds and
+    branches; a bond's order must fit the budget of the atom it leaves from; an atom takes another
+    ring bond or branch only while its budget allows;
+  - an aromatic atom lies on a ring, so it needs at least two bonds (incoming, successor, ring bonds,
+    branches).
+Bracket atoms (charges, explicit H) are not budgeted. Valences are RDKit's largest default ones, with
+every bond between aromatic atoms counted as 1 (a lower bound on its true order): the check is sound.
+If a constraint would leave no rule at all, the grammar's own mask is used for that step.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..grammar import Grammar
+
+TAG_NONE, TAG_RING, TAG_EDGE, TAG_BRACKET = 0, 1, 2, 3
+MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET = 96, 64, 64
+# RDKit's largest default valence (Chem.GetPeriodicTable().GetValenceList); aromatic c counts its
+# ring bonds as 1 each plus one exocyclic double bond at most (2-pyridone's C=O): 4
+VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 5, "F": 1, "I": 5, "Cl": 1, "Br": 1,
+           "c": 4, "n": 3, "o": 2, "s": 6}
+BOND_ORDER = {"-": 1, "=": 2, "#": 3, "/": 1, "\\": 1}
+
+
+class SmilesSemantics:
+    """Tables for one SMILES-like grammar (the GrammarVAE's symbol names); :meth:`start` makes the
+    state of one batch."""
+
+    def __init__(self, grammar: Grammar):
+        import nltk
+
+        self.grammar = grammar
+        lhs = {s: i for i, s in enumerate(grammar.lhs_list)}
+        need = ("chain", "branched_atom", "branch", "BB", "RB", "ringbond", "bond", "DIGIT", "atom",
+                "aliphatic_organic", "aromatic_organic", "bracket_atom", "symbol")
+        missing = [s for s in need if s not in lhs]
+        if missing:
+            raise ValueError(f"{grammar.name}: not a SMILES grammar (no {', '.join(missing)})")
+        self.lhs = {s: lhs[s] for s in need}
+        R = grammar.n_rules
+
+        def rules_of(name):
+            return [(r, [s.symbol() if isinstance(s, nltk.Nonterminal) else s for s in p.rhs()])
+                    for r, p in enumerate(grammar.nltk_productions) if p.lhs().symbol() == name]
+
+        def find(name, rhs):
+            for r, body in rules_of(name):
+                if body == rhs:
+                    return r
+            raise ValueError(f"{grammar.name}: no rule {name} -> {' '.join(rhs)}")
+
+        self.r_ba_atom = find("branched_atom", ["atom"])
+        self.r_ba = {k: find("branched_atom", rhs) for k, rhs in
+                     (("rb", ["atom", "RB"]), ("bb", ["atom", "BB"]), ("rbbb", ["atom", "RB", "BB"]))}
+        self.r_rb_more, self.r_rb_one = find("RB", ["RB", "ringbond"]), find("RB", ["ringbond"])
+        self.r_bb_more = find("BB", ["BB", "branch"])
+        self.r_atom_ali = find("atom", ["aliphatic_organic"])
+        self.r_atom_aro = find("atom", ["aromatic_organic"])
+        self.r_atom_bracket = find("atom", ["bracket_atom"])
+        self.r_branches = [r for r, _ in rules_of("branch")]
+
+        def column(values: dict, dtype=torch.long):
+            t = torch.zeros(R, dtype=dtype)
+            for r, v in values.items():
+                t[r] = v
+            return t
+
+        self.bond_rules = [r for r, body in rules_of("bond")]
+        self.bond_order = column({r: BOND_ORDER[body[0]] for r, body in rules_of("bond")})
+        self.digit_rules = [r for r, body in rules_of("DIGIT")]
+        self.digit = column({r: int(body[0]) for r, body in rules_of("DIGIT")})
+        if sorted(int(rules_of("DIGIT")[i][1][0]) for i in range(len(self.digit_rules))) != list(range(1, 9)):
+            raise ValueError(f"{grammar.name}: DIGIT must be 1-8")
+        elements = [(r, body[0], False) for r, body in rules_of("aliphatic_organic")] + \
+                   [(r, body[0], True) for r, body in rules_of("aromatic_organic")]
+        self.element_rules = [r for r, _, _ in elements]
+        self.budget = column({r: VALENCE[e] for r, e, _ in elements})
+        self.aromatic = column({r: True for r, _, a in elements if a}, torch.bool)
+        self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
+        self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
+        # rule kinds the update looks at
+        kinds = {"ba": [self.r_ba_atom, *self.r_ba.values()], "rb_more": [self.r_rb_more],
+                 "bb_more": [self.r_bb_more], "branch": self.r_branches, "bond": self.bond_rules,
+                 "digit": self.digit_rules, "element": self.element_rules, "bracket": [self.r_atom_bracket]}
+        self.kind = {k: column({r: True for r in rs}, torch.bool) for k, rs in kinds.items()}
+        self.has_rb = column({self.r_ba["rb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
+        self.has_bb = column({self.r_ba["bb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
+        # what each rule pushes (reversed, as the stack machine does): level increment and context tag
+        width = max(1, max(len(n) for n in grammar.rule_rhs_nonterminals))
+        self.level_inc = torch.zeros(R, width, dtype=torch.long)
+        self.tag = torch.full((R, width), -1, dtype=torch.long)     # -1: inherit the parent's tag
+        self.pushes = torch.zeros(R, len(grammar.lhs_list), dtype=torch.long)
+        for r, p in enumerate(grammar.nltk_productions):
+            name = p.lhs().symbol()
+            nts = [s.symbol() for s in p.rhs() if isinstance(s, nltk.Nonterminal)]
+            for k, s in enumerate(reversed(nts)):
+                if s in lhs:
+                    self.pushes[r, lhs[s]] += 1
+                if name == "branch":
+                    self.level_inc[r, k] = 1
+                if name == "ringbond":
+                    self.tag[r, k] = TAG_RING
+                elif s == "bond":
+                    self.tag[r, k] = TAG_EDGE
+                elif name in ("bracket_atom", "isotope", "hcount", "charge"):
+                    self.tag[r, k] = TAG_BRACKET
+                elif name == "atom" or name == "branched_atom":
+                    self.tag[r, k] = TAG_NONE
+        self.ahead = torch.zeros(len(grammar.lhs_list), dtype=torch.long)
+        for s in ("branched_atom", "chain", "branch", "BB"):
+            self.ahead[lhs[s]] = 1
+        self._on: dict = {}
+
+    def tables(self, device: torch.device) -> "SmilesSemantics":
+        """A copy of the tables on ``device`` (cached)."""
+        key = str(device)
+        if key not in self._on:
+            t = object.__new__(SmilesSemantics)
+            t.__dict__.update({k: (v.to(device) if isinstance(v, torch.Tensor) else
+                                   {kk: vv.to(device) for kk, vv in v.items()} if k == "kind" else v)
+                               for k, v in self.__dict__.items() if k != "_on"})
+            t._on = {}
+            self._on[key] = t
+        return self._on[key]
+
+    def start(self, batch: int, depth: int, device) -> "SemanticState":
+        return SemanticState(self.tables(torch.device(device)), batch, depth, torch.device(device))
+
+
+class SemanticState:
+    """The semantic state of one batch being decoded; the stack machine calls :meth:`mask` before
+    each choice and :meth:`update` after it (before it pops and pushes)."""
+
+    def __init__(self, t: SmilesSemantics, B: int, depth: int, device: torch.device):
+        self.t, self.B, self.dev = t, B, device
+        z = lambda *shape, v=0, dtype=torch.long: torch.full(shape, v, dtype=dtype, device=device)  # noqa: E731
+        self.attr = z(B, depth)                         # level * 4 + tag of each stack entry
+        self.counts = z(B, len(t.grammar.lhs_list))
+        self.counts[:, t.grammar.start_index] = 1
+        self.free = z(B, MAX_ATOMS)
+        self.bracket = z(B, MAX_ATOMS, dtype=torch.bool)
+        self.bonded = z(B, MAX_ATOMS, dtype=torch.bool)
+        self.open_atom, self.open_order = z(B, 9, v=-1), z(B, 9)
+        self.last_at_level = z(B, MAX_LEVELS, v=-1)
+        self.cur, self.n_atoms = z(B, v=-1), z(B)
+        self.pending_in, self.ring_bond = z(B), z(B)     # bond orders chosen, waiting for their atom / digit
+        # promises of the atom being built (set when `branched_atom` expands)
+        self.next_level, self.has_next = z(B), z(B)
+        self.has_rb, self.has_bb = z(B, dtype=torch.bool), z(B, dtype=torch.bool)
+        self.rows = torch.arange(B, device=device)
+
+    # ------------------------------------------------------------------ helpers
+    def _top(self, machine):
+        sp = machine.sp
+        top_attr = self.attr.gather(1, (sp - 1).clamp(min=0)[:, None]).squeeze(1)
+        return top_attr // 4, top_attr % 4
+
+    def _from_atom(self, level):
+        """The atom a bond at branch ``level`` leaves from: the last atom of that level, or for the first
+        atom of a branch, the branch's owner (the last atom one level up)."""
+        lv = level.clamp(0, MAX_LEVELS - 1)
+        here = self.last_at_level.gather(1, lv[:, None]).squeeze(1)
+        up = self.last_at_level.gather(1, (lv - 1).clamp(min=0)[:, None]).squeeze(1)
+        return torch.where(here >= 0, here, torch.where(lv > 0, up, torch.full_like(up, -1)))
+
+    def _at(self, table, atom):
+        return table.gather(1, atom.clamp(0, MAX_ATOMS - 1)[:, None]).squeeze(1)
+
+    def _ahead(self, lhs):
+        """Atoms that can still follow, after the current entry is popped (a lower bound; > 0 is what counts)."""
+        return (self.counts * self.t.ahead).sum(1) - self.t.ahead[lhs]
+
+    # ------------------------------------------------------------------ the mask
+    def mask(self, machine) -> torch.Tensor:
+        t, B = self.t, self.B
+        lhs = machine.top()
+        level, tag = self._top(machine)
+        n_open = (self.open_atom >= 0).sum(1)
+        ahead = self._ahead(lhs)
+        ok = torch.ones(B, t.grammar.n_rules, dtype=torch.bool, device=self.dev)
+        cur_free = self._at(self.free, self.cur)
+        cur_unbudgeted = self._at(self.bracket, self.cur) | (self.cur < 0)
+
+        # branched_atom: with nothing after it, the atom's ring bonds can only close rings, so it takes
+        # some exactly when rings are open; a ring its parent-to-be opened cannot close on it (the pair is
+        # bonded), so then it needs branches, whose atoms can
+        nothing_after = ahead == 0
+        parent_opened = (self.open_atom == self._from_atom(level)[:, None]) & (self.open_atom >= 0)
+        blocked = parent_opened.any(1)
+        ok[:, t.r_ba_atom] = ~(nothing_after & (n_open > 0))
+        ok[:, t.r_ba["rb"]] = ~nothing_after | ((n_open > 0) & ~blocked)
+        ok[:, t.r_ba["rbbb"]] = torch.ones_like(blocked)
+
+        # the element of a new atom (organic subset; bracket atoms are not budgeted)
+        parent = self._from_atom(self.next_level)
+        c_in = torch.where(parent >= 0, self.pending_in.clamp(min=1), torch.zeros_like(parent))
+        must_close = (ahead == 0) & (n_open > 0)
+        rings = torch.where(must_close, n_open, self.has_rb.long())
+        need = c_in + self.has_next + self.has_bb.long() + rings
+        # an atom on a ring has two bonds on it: one with fewer possible bonds cannot be aromatic
+        degree = (parent >= 0).long() + self.has_next + self.has_bb.long() + self.has_rb.long()
+        aromatic_ok = degree >= 2
+        cols = t.element_rules
+        elem_ok = (t.budget[cols][None, :] >= need[:, None]) & (~t.aromatic[cols][None, :] | aromatic_ok[:, None])
+        elem_ok |= (tag == TAG_BRACKET)[:, None]
+        ok[:, cols] = elem_ok
+        ok[:, t.r_atom_ali] = ok[:, t.aliphatic_cols].any(1)
+        ok[:, t.r_atom_aro] = ok[:, t.aromatic_cols].any(1)
+
+        # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
+        p = self.counts[:, t.lhs["ringbond"]]
+        last = ahead == 0
+        ok[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & (~last | (n_open > p + 1))
+        ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
+        ok[:, t.r_bb_more] = (cur_free >= 1) | cur_unbudgeted
+
+        # bond orders: within the budget of the atom the bond leaves from
+        src = torch.where(tag == TAG_RING, self.cur, self._from_atom(level))
+        src_free = self._at(self.free, src)
+        src_unbudgeted = self._at(self.bracket, src) | (src < 0)
+        orders = t.bond_order[t.bond_rules]
+        ok[:, t.bond_rules] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
+
+        # ring digits
+        ring = (tag == TAG_RING)[:, None]
+        opener = self.open_atom[:, 1:]                               # [B, 8] for digits 1..8
+        is_open = opener >= 0
+        order = self.open_order[:, 1:]
+        rb = self.ring_bond[:, None]
+        same = opener == self.cur[:, None]
+        bonded = self.bonded.gather(1, opener.clamp(min=0)) & is_open
+        agree = (rb == 0) | (order == 0) | (rb == order)
+        cost = torch.where(rb > 0, rb, order.clamp(min=1))
+        cur_pays = ((cost - 1) <= cur_free[:, None]) | cur_unbudgeted[:, None]
+        opener_free = self.free.gather(1, opener.clamp(min=0))
+        opener_pays = (rb <= 1) | (order > 0) | ((rb - 1) <= opener_free) | \
+            self.bracket.gather(1, opener.clamp(min=0))
+        close_ok = is_open & ~same & ~bonded & agree & cur_pays & opener_pays
+        open_ok = ~is_open & (ahead > 0)[:, None]
+        digit_cols = t.digit_rules
+        digit_ok = close_ok | open_ok
+        digit_ok = digit_ok[:, (t.digit[digit_cols] - 1)]
+        ok[:, digit_cols] = digit_ok | ~ring
+        return ok
+
+    # ------------------------------------------------------------------ the update
+    def update(self, machine, rule: torch.Tensor) -> None:
+        """Record the chosen rules; call before the machine pops and pushes."""
+        t, rows = self.t, self.rows
+        lhs = machine.top()
+        level, tag = self._top(machine)
+        active = machine.sp > 0
+        kind = {k: v[rule] & active for k, v in t.kind.items()}
+
+        # branched_atom: the promises of the atom about to be made
+        sp = machine.sp
+        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
+        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // 4
+        successor = (sp >= 2) & (below_level == level) & \
+            ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
+        ba = kind["ba"]
+        self.has_next = torch.where(ba, successor.long(), self.has_next)
+        self.has_rb = torch.where(ba, t.has_rb[rule], self.has_rb)
+        self.has_bb = torch.where(ba, t.has_bb[rule], self.has_bb)
+        self.next_level = torch.where(ba, level, self.next_level)
+
+        # a new atom: an organic element (outside brackets) or a bracket atom
+        new = (kind["element"] & (tag != TAG_BRACKET)) | kind["bracket"]
+        if bool(new.any()):
+            a = self.n_atoms.clamp(max=MAX_ATOMS - 1)
+            parent = self._from_atom(self.next_level)
+            c_in = torch.where(parent >= 0, self.pending_in.clamp(min=1), torch.zeros_like(parent))
+            reserved = self.has_next + self.has_bb.long() + self.has_rb.long()
+            budget = torch.where(kind["bracket"], torch.full_like(c_in, BRACKET_BUDGET), t.budget[rule])
+            self.free[rows, a] = torch.where(new, budget - c_in - reserved, self.free[rows, a])
+            self.bracket[rows, a] = torch.where(new, kind["bracket"], self.bracket[rows, a])
+            has_parent = new & (parent >= 0)
+            pidx = parent.clamp(min=0)
+            self.free[rows, pidx] -= torch.where(has_parent, c_in - 1, torch.zeros_like(c_in))
+            self.bonded[new] = False
+            self.bonded[rows, pidx] |= has_parent
+            self.cur = torch.where(new, a, self.cur)
+            lv = self.next_level.clamp(0, MAX_LEVELS - 1)
+            self.last_at_level[rows, lv] = torch.where(new, a, self.last_at_level[rows, lv])
+            self.n_atoms += new.long()
+            self.pending_in = torch.where(new, torch.zeros_like(c_in), self.pending_in)
+            self.has_next = torch.where(new, torch.zeros_like(c_in), self.has_next)
+            self.has_rb &= ~new
+            self.has_bb &= ~new
+
+        # one more ring bond or branch promised by the current atom
+        more = kind["rb_more"] | kind["bb_more"]
+        cidx = self.cur.clamp(min=0)
+        self.free[rows, cidx] -= more.long()
+
+        # a branch opens a new level: its first atom bonds to the owner
+        br = kind["branch"]
+        nl = (level + 1).clamp(max=MAX_LEVELS - 1)
+        self.last_at_level[rows, nl] = torch.where(br, torch.full_like(nl, -1), self.last_at_level[rows, nl])
+
+        # bonds: a chain/branch bond waits for its atom, a ring bond for its digit
+        o = t.bond_order[rule]
+        self.pending_in = torch.where(kind["bond"] & (tag == TAG_EDGE), o, self.pending_in)
+        self.ring_bond = torch.where(kind["bond"] & (tag == TAG_RING), o, self.ring_bond)
+
+        # ring digits: close an open ring or open a new one
+        dig = kind["digit"] & (tag == TAG_RING)
+        if bool(dig.any()):
+            d = t.digit[rule].clamp(min=0)
+            opener = self.open_atom[rows, d]
+            order = self.open_order[rows, d]
+            closing = dig & (opener >= 0)
+            opening = dig & (opener < 0)
+            rb = self.ring_bond
+            cost = torch.where(rb > 0, rb, order.clamp(min=1))
+            oidx = opener.clamp(min=0)
+            self.free[rows, cidx] -= torch.where(closing, cost - 1, torch.zeros_like(cost))
+            self.free[rows, oidx] -= torch.where(closing & (rb > 1) & (order == 0), rb - 1, torch.zeros_like(rb))
+            self.bonded[rows, oidx] |= closing
+            self.free[rows, cidx] -= torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))
+            self.open_atom[rows, d] = torch.where(closing, torch.full_like(opener, -1),
+                                                  torch.where(opening, self.cur, opener))
+            self.open_order[rows, d] = torch.where(closing, torch.zeros_like(order),
+                                                   torch.where(opening, rb, order))
+            self.ring_bond = torch.where(dig, torch.zeros_like(rb), self.ring_bond)
+
+        # the stack beside the machine's: pop, then push the rule's non-terminals with level and tag
+        self.counts[rows, lhs] -= active.long()
+        self.counts += t.pushes[rule] * active.long()[:, None]
+        base = (sp - active.long())
+        width = t.level_inc.shape[1]
+        new_tag = torch.where(t.tag[rule] >= 0, t.tag[rule], tag[:, None])
+        new_attr = (level[:, None] + t.level_inc[rule]) * 4 + new_tag
+        idx = (base[:, None] + torch.arange(width, device=self.dev)[None, :]).clamp(max=self.attr.shape[1] - 1)
+        self.attr.scatter_(1, idx, new_attr)
+
+
+_SEMANTICS: dict = {}
+_ENABLED = {"on": True}
+
+
+def set_enabled(on: bool) -> None:
+    """The default of new models' ``semantics`` attribute in this process (the CLI's --no-semantics)."""
+    _ENABLED["on"] = bool(on)
+
+
+def enabled() -> bool:
+    return _ENABLED["on"]
+
+
+def semantics_for(grammar: Grammar) -> SmilesSemantics | None:
+    """The semantic layer of a grammar: SMILES grammars have one, others (expressions) none."""
+    if grammar.sha256 not in _SEMANTICS:
+        try:
+            _SEMANTICS[grammar.sha256] = SmilesSemantics(grammar)
+        except ValueError:
+            _SEMANTICS[grammar.sha256] = None
+    return _SEMANTICS[grammar.sha256]
+
+
+@torch.no_grad()
+def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """[N] bool: whether the semantic masks allow every rule of each true derivation ``rules`` [N, T]
+    (padded with the padding rule). A real molecule that is not admitted is a bug in the masks."""
+    from .decoding import StackMachine
+
+    sem = semantics_for(grammar)
+    out = []
+    for i in range(0, len(rules), batch):
+        r = rules[i:i + batch].long()
+        B, T = r.shape
+        machine = StackMachine(grammar, B, T, r.device, semantics=sem)
+        ok = torch.ones(B, dtype=torch.bool, device=r.device)
+        for step in range(T):
+            active = machine.sp > 0
+            if not bool(active.any()):
+                break
+            allowed = machine.semantic_state.mask(machine)
+            ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
+            machine.force(r[:, step])
+        out.append(ok)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
