@@ -25,7 +25,7 @@ from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.models.grammar_ae import GrammarAE, GrammarAEConfig
 from grammar_rae.recipes import recipe, train_config
 from grammar_rae.run import padded_rules
-from grammar_rae.train import Trainer, resolve_device
+from grammar_rae.trainer import Trainer, resolve_device
 
 ZINC = Path(__file__).resolve().parents[2] / "shared" / "data" / "zinc" / "250k_rndm_zinc_drugs_clean.smi"
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "molecules.smi"

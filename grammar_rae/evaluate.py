@@ -12,7 +12,7 @@ from .data.shipped import resolve_source
 from .grammar import ParseError, load_grammar
 from .metrics import canonical, expression_curves, generation_metrics, reconstruction_accuracy
 from .run import decode_strings, load_density, load_run, load_split, padded_rules
-from .train import resolve_device
+from .trainer import resolve_device
 
 
 def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False,

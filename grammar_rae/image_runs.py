@@ -23,7 +23,7 @@ from .data.images import load_images
 from .density import ExPostDensity, make_density
 from .models.family import family
 from .models.image_ae import LATENT, ImageAE, ImageAEConfig, padded_size
-from .train import Trainer, TrainConfig
+from .trainer import Trainer, TrainConfig
 
 DEFAULT_BACKBONE = {"digits": "small", "mnist": "paper", "cifar10": "paper", "celeba": "celeba"}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
-from .train import TrainConfig
+from .trainer import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def recipe(grammar: str, arch: str = "teacher-forced", device: str = "cpu") -> R
 def train_config(grammar: str, arch: str = "teacher-forced", device: str = "auto", **given) -> TrainConfig:
     """The recipe's TrainConfig for ``device`` ("auto", "cpu", "cuda:1", ...) with the caller's
     settings (those not None) on top."""
-    from .train import resolve_device
+    from .trainer import resolve_device
 
     r = recipe(grammar, arch, resolve_device(device).type)
     cfg = TrainConfig(**{**r.train, "device": device})

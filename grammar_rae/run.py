@@ -20,7 +20,7 @@ from .density import DensityError, ExPostDensity, make_density
 from .errors import ConfigError
 from .grammar import Grammar, GrammarError, load_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
-from .train import Trainer, TrainConfig, distributed, resolve_device
+from .trainer import Trainer, TrainConfig, distributed, resolve_device
 
 MIN_ROWS = 20
 MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
@@ -182,6 +182,9 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     if rank != 0:
         return out
     plot_history(trainer.history, out / "loss.png")
+    if trainer.stop_requested is not None:   # asked to stop: leave quickly; a resume fits them
+        log(f"densities not fitted (stopped by {trainer.stop_requested}); `--resume` continues and fits them")
+        return out
     fit_densities(load_run(out)[0], train_rules, out, device=trainer.device, log=log)
     return out
 

@@ -206,7 +206,7 @@ print({k: len(v) for k, v in d.rows.items()}, d.shape)"""),
 best-validation checkpoints; the Gaussian and GMM densities are fitted on the training codes afterwards.
 fp32 and no gradient clipping, as the paper trained its image models."""),
     ("code", """from grammar_rae.image_runs import train_image_run
-from grammar_rae.train import TrainConfig
+from grammar_rae.trainer import TrainConfig
 
 runs = {}
 for model in ("rae-l2", "vae"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grammar_rae.checkpoint import file_sha256, load_weights, read_json, save_weights, write_json
+from grammar_rae.checkpoint import checkpoint_weights, file_sha256, load_weights, read_json, save_weights, write_json
 from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.data.shipped import SHIPPED, resolve_source
 from grammar_rae.pretrained import ROOT
@@ -83,7 +83,7 @@ def main():
     meta["split_sha256"] = file_sha256(tmp / "split.npz")
     write_json(tmp / "run.json", meta)
     sums = save_weights(tmp / "checkpoints" / "best.safetensors",
-                        load_weights(run / "checkpoints" / "best.safetensors"), half=True)
+                        load_weights(checkpoint_weights(run / "checkpoints", "best")[0]), half=True)
     write_json(tmp / "checkpoints" / "best.json", {**best, "sha256": sums})
     write_json(tmp / "checkpoints" / "last.json", {"epoch": last.get("epoch"), "history": history})
     if args.no_refit:

@@ -10,7 +10,7 @@ from grammar_rae.data.expressions import generate_expressions
 from grammar_rae.optimize.bo import most_frequent_valid
 from grammar_rae.optimize.objectives import get_objective
 from grammar_rae.run import train_run
-from grammar_rae.train import TrainConfig
+from grammar_rae.trainer import TrainConfig
 
 
 def test_most_frequent_valid_decode():

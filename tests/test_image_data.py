@@ -99,7 +99,7 @@ def test_second_stage_vae_density_fits_samples_and_round_trips(tmp_path):
 
 def test_two_stage_vae_image_run_uses_its_second_stage(tmp_path):
     from grammar_rae.image_runs import density_for, load_image_run, train_image_run
-    from grammar_rae.train import TrainConfig
+    from grammar_rae.trainer import TrainConfig
 
     out = train_image_run(tmp_path / "r", "digits", "2s-vae", train=TrainConfig(epochs=1, batch_size=100),
                           progress=False, log=lambda *a: None)

@@ -14,7 +14,7 @@ from grammar_rae.data.shipped import shipped_path
 from grammar_rae.models.grammar_ae import GrammarAE, GrammarAEConfig
 from grammar_rae.recipes import train_config
 from grammar_rae.run import padded_rules
-from grammar_rae.train import Trainer
+from grammar_rae.trainer import Trainer
 
 
 def test_a_small_expression_model_reconstructs_what_it_was_trained_on(tmp_path):

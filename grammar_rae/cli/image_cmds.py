@@ -38,7 +38,7 @@ def images():
 def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, limit, resume, device, seed, cache_dir):
     """Train an image autoencoder (β, λ default to the paper's per dataset), then fit its densities."""
     from ..image_runs import train_image_run
-    from ..train import TrainConfig
+    from ..trainer import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
                       device=device, seed=seed, grad_clip=0.0, amp=not device.startswith("cpu"), recon_rows=0)

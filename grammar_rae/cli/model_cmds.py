@@ -98,7 +98,10 @@ def train(grammar_name, model, arch, data, limit, out, resume, init_from, test_s
     network = {k: settings.pop(k) for k in NETWORK if settings[k] is not None}
     for k in NETWORK:
         settings.pop(k, None)
-    given = {k: v for k, v in settings.items() if v is not None}
+    # the flags typed (not click's defaults, such as --seed 0): on --resume only these override the run's own
+    ctx = click.get_current_context()
+    given = {k: v for k, v in settings.items()
+             if v is not None and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     settings["max_minutes"] = settings["max_minutes"] or 0.0
     cfg = train_config(grammar_name, arch, device, **settings)
     run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume, cache_dir=cache_dir,

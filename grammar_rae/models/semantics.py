@@ -28,7 +28,8 @@ tests run all of ZINC250k through it):
     ring bond or branch only while its budget allows;
   - an aromatic atom lies on a ring, so it needs at least two bonds (incoming, successor, ring bonds,
     branches).
-Bracket atoms (charges, explicit H) are not budgeted. Valences are RDKit's largest default ones, with
+Bracket atoms are budgeted from their symbol, explicit H and charge (an ion has the valences of the
+element with its electron count; charges of two digits are not budgeted). Valences are RDKit's largest default ones, with
 every bond between aromatic atoms counted as 1 (a lower bound on its true order): the check is sound.
 If a constraint would leave no rule at all, the grammar's own mask is used for that step.
 """
@@ -38,7 +39,8 @@ import torch
 
 from ..grammar import Grammar
 
-TAG_NONE, TAG_RING, TAG_EDGE, TAG_BRACKET = 0, 1, 2, 3
+TAG_NONE, TAG_RING, TAG_EDGE, TAG_BRACKET, TAG_HCOUNT, TAG_CHARGE = 0, 1, 2, 3, 4, 5
+TAGS = 8   # attr = level * TAGS + tag
 MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET = 96, 64, 64
 # RDKit's largest default valence (Chem.GetPeriodicTable().GetValenceList); aromatic c counts its
 # ring bonds as 1 each plus one exocyclic double bond at most (2-pyridone's C=O): 4
@@ -57,7 +59,8 @@ class SmilesSemantics:
         self.grammar = grammar
         lhs = {s: i for i, s in enumerate(grammar.lhs_list)}
         need = ("chain", "branched_atom", "branch", "BB", "RB", "ringbond", "bond", "DIGIT", "atom",
-                "aliphatic_organic", "aromatic_organic", "bracket_atom", "symbol")
+                "aliphatic_organic", "aromatic_organic", "bracket_atom", "symbol", "BAC", "BAH", "BACH", "charge",
+                "hcount")
         missing = [s for s in need if s not in lhs]
         if missing:
             raise ValueError(f"{grammar.name}: not a SMILES grammar (no {', '.join(missing)})")
@@ -78,10 +81,11 @@ class SmilesSemantics:
         self.r_ba = {k: find("branched_atom", rhs) for k, rhs in
                      (("rb", ["atom", "RB"]), ("bb", ["atom", "BB"]), ("rbbb", ["atom", "RB", "BB"]))}
         self.r_rb_more, self.r_rb_one = find("RB", ["RB", "ringbond"]), find("RB", ["ringbond"])
-        self.r_bb_more = find("BB", ["BB", "branch"])
+        self.r_bb_more, self.r_bb_one = find("BB", ["BB", "branch"]), find("BB", ["branch"])
         self.r_atom_ali = find("atom", ["aliphatic_organic"])
         self.r_atom_aro = find("atom", ["aromatic_organic"])
         self.r_atom_bracket = find("atom", ["bracket_atom"])
+        self.r_sym_ali, self.r_sym_aro = find("symbol", ["aliphatic_organic"]), find("symbol", ["aromatic_organic"])
         self.r_branches = [r for r, _ in rules_of("branch")]
 
         def column(values: dict, dtype=torch.long):
@@ -103,10 +107,26 @@ class SmilesSemantics:
         self.aromatic = column({r: True for r, _, a in elements if a}, torch.bool)
         self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
         self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
+        # bracket atoms: what charge does to an element's valence (RDKit: an ion has the valences of the
+        # element with its electron count): N, O, S, P, halogens +q; B -q; C -|q| (kind +1, -1, 0); the
+        # largest gain a charge can bring, for masks chosen before the charge is
+        kind_of = {e: (0 if e in ("C", "c") else -1 if e == "B" else 1) for _, e, _ in elements}
+        self.charge_kind = column({r: kind_of[e] for r, e, _ in elements})
+        self.charge_gain = column({r: {1: 8, -1: 1, 0: 0}[kind_of[e]] for r, e, _ in elements})
+        self.r_h = [find("hcount", ["H"]), find("hcount", ["H", "DIGIT"])]
+        charge_rules = rules_of("charge")
+        self.charge_sign = column({r: (1 if body[0] == "+" else -1) for r, body in charge_rules})
+        self.r_charge_one = [r for r, body in charge_rules if len(body) == 1]
+        self.r_charge_digit = [r for r, body in charge_rules if len(body) == 2]
+        self.r_charge_two = [r for r, body in charge_rules if len(body) == 3]
+        self.r_bac_chiral = find("BAC", ["chiral"])
+        self.r_bac_more = [find("BAC", ["chiral", "BAH"]), find("BAC", ["BAH"])]
+        self.r_bah = {"h": find("BAH", ["hcount"]), "hc": find("BAH", ["hcount", "BACH"]), "c": find("BAH", ["BACH"])}
         # rule kinds the update looks at
         kinds = {"ba": [self.r_ba_atom, *self.r_ba.values()], "rb_more": [self.r_rb_more],
                  "bb_more": [self.r_bb_more], "branch": self.r_branches, "bond": self.bond_rules,
-                 "digit": self.digit_rules, "element": self.element_rules, "bracket": [self.r_atom_bracket]}
+                 "digit": self.digit_rules, "element": self.element_rules, "bracket": [self.r_atom_bracket],
+                 "h": self.r_h, "charge": [r for r, _ in charge_rules], "charge_two": self.r_charge_two}
         self.kind = {k: column({r: True for r in rs}, torch.bool) for k, rs in kinds.items()}
         self.has_rb = column({self.r_ba["rb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
         self.has_bb = column({self.r_ba["bb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
@@ -127,7 +147,11 @@ class SmilesSemantics:
                     self.tag[r, k] = TAG_RING
                 elif s == "bond":
                     self.tag[r, k] = TAG_EDGE
-                elif name in ("bracket_atom", "isotope", "hcount", "charge"):
+                elif name == "hcount":
+                    self.tag[r, k] = TAG_HCOUNT
+                elif name == "charge":
+                    self.tag[r, k] = TAG_CHARGE
+                elif name in ("bracket_atom", "isotope"):
                     self.tag[r, k] = TAG_BRACKET
                 elif name == "atom" or name == "branched_atom":
                     self.tag[r, k] = TAG_NONE
@@ -159,7 +183,7 @@ class SemanticState:
     def __init__(self, t: SmilesSemantics, B: int, depth: int, device: torch.device):
         self.t, self.B, self.dev = t, B, device
         z = lambda *shape, v=0, dtype=torch.long: torch.full(shape, v, dtype=dtype, device=device)  # noqa: E731
-        self.attr = z(B, depth)                         # level * 4 + tag of each stack entry
+        self.attr = z(B, depth)                         # level * TAGS + tag of each stack entry
         self.counts = z(B, len(t.grammar.lhs_list))
         self.counts[:, t.grammar.start_index] = 1
         self.free = z(B, MAX_ATOMS)
@@ -172,13 +196,21 @@ class SemanticState:
         # promises of the atom being built (set when `branched_atom` expands)
         self.next_level, self.has_next = z(B), z(B)
         self.has_rb, self.has_bb = z(B, dtype=torch.bool), z(B, dtype=torch.bool)
+        self.charge_kind, self.charge_sign = z(B), z(B)  # the bracket atom being written
+        # aromatic atoms lie on aromatic rings, so each ends with >= 2 aromatic neighbours: per atom, whether
+        # it is aromatic, its aromatic neighbours so far and its bonds still to come (successor, branches,
+        # ring bonds not yet closed); a choice that leaves an aromatic atom fewer bonds to come than
+        # aromatic neighbours missing is masked
+        self.aromatic = z(B, MAX_ATOMS, dtype=torch.bool)
+        self.arom_nbrs, self.to_come = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
+        self.bracket_parent = z(B, v=-1)                 # a bracket atom's parent, linked at its symbol
         self.rows = torch.arange(B, device=device)
 
     # ------------------------------------------------------------------ helpers
     def _top(self, machine):
         sp = machine.sp
         top_attr = self.attr.gather(1, (sp - 1).clamp(min=0)[:, None]).squeeze(1)
-        return top_attr // 4, top_attr % 4
+        return top_attr // TAGS, top_attr % TAGS
 
     def _from_atom(self, level):
         """The atom a bond at branch ``level`` leaves from: the last atom of that level, or for the first
@@ -190,6 +222,27 @@ class SemanticState:
 
     def _at(self, table, atom):
         return table.gather(1, atom.clamp(0, MAX_ATOMS - 1)[:, None]).squeeze(1)
+
+    def _deficit(self, atom):
+        """[B] aromatic neighbours an atom still lacks (0 for aliphatic atoms and for no atom)."""
+        arom = self._at(self.aromatic, atom) & (atom >= 0)
+        return torch.where(arom, (2 - self._at(self.arom_nbrs, atom)).clamp(min=0), torch.zeros_like(atom))
+
+    def arom_deficit_of(self, atoms):
+        """[B, k] the same for several atoms per row."""
+        idx = atoms.clamp(min=0)
+        arom = self.aromatic.gather(1, idx) & (atoms >= 0)
+        return torch.where(arom, (2 - self.arom_nbrs.gather(1, idx)).clamp(min=0), torch.zeros_like(atoms))
+
+    def _link(self, rows, child, parent, mask):
+        """Record the bond child-parent (rows in ``mask``): one bond to come less for the parent, and
+        each an aromatic neighbour more if the other is aromatic."""
+        has = mask & (parent >= 0)
+        c, p = child.clamp(min=0), parent.clamp(min=0)
+        c_arom, p_arom = self.aromatic[rows, c], self.aromatic[rows, p]
+        self.to_come[rows, p] -= has.long()
+        self.arom_nbrs[rows, p] += (has & c_arom).long()
+        self.arom_nbrs[rows, c] += (has & p_arom).long()
 
     def _ahead(self, lhs):
         """Atoms that can still follow, after the current entry is popped (a lower bound; > 0 is what counts)."""
@@ -215,6 +268,16 @@ class SemanticState:
         ok[:, t.r_ba_atom] = ~(nothing_after & (n_open > 0))
         ok[:, t.r_ba["rb"]] = ~nothing_after | ((n_open > 0) & ~blocked)
         ok[:, t.r_ba["rbbb"]] = torch.ones_like(blocked)
+        # an aromatic parent-to-be short of aromatic neighbours needs this atom aromatic, which needs a
+        # second bond: a successor, ring bonds or branches
+        pp = self._from_atom(level)
+        pp_short = self._at(self.aromatic, pp) & (pp >= 0) & (self._deficit(pp) > self._at(self.to_come, pp) - 1)
+        sp = machine.sp
+        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
+        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
+        successor = (sp >= 2) & (below_level == level) & \
+            ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
+        ok[:, t.r_ba_atom] &= ~pp_short | successor
 
         # the element of a new atom (organic subset; bracket atoms are not budgeted)
         parent = self._from_atom(self.next_level)
@@ -222,15 +285,31 @@ class SemanticState:
         must_close = (ahead == 0) & (n_open > 0)
         rings = torch.where(must_close, n_open, self.has_rb.long())
         need = c_in + self.has_next + self.has_bb.long() + rings
-        # an atom on a ring has two bonds on it: one with fewer possible bonds cannot be aromatic
-        degree = (parent >= 0).long() + self.has_next + self.has_bb.long() + self.has_rb.long()
-        aromatic_ok = degree >= 2
+        # an aromatic atom needs two aromatic neighbours: its parent (if aromatic) and bonds to come
+        # (ring bonds and branches can be several); an aromatic parent short of them may need this atom
+        # to be aromatic too
+        parent_here = torch.where(in_bracket_now := (tag == TAG_BRACKET), self.bracket_parent, parent)
+        p_arom = self._at(self.aromatic, parent_here) & (parent_here >= 0)
+        more_later = torch.where(self.has_rb | self.has_bb, 2, 0)
+        aromatic_ok = (p_arom.long() + self.has_next + more_later) >= 2
+        aromatic_ok = torch.where(in_bracket_now, torch.ones_like(aromatic_ok), aromatic_ok)
+        p_short = p_arom & (self._deficit(parent_here) > self._at(self.to_come, parent_here) - 1)
         cols = t.element_rules
-        elem_ok = (t.budget[cols][None, :] >= need[:, None]) & (~t.aromatic[cols][None, :] | aromatic_ok[:, None])
-        elem_ok |= (tag == TAG_BRACKET)[:, None]
+        arom_col = t.aromatic[cols][None, :]
+        elem_ok = (t.budget[cols][None, :] >= need[:, None]) & (~arom_col | aromatic_ok[:, None])
+        elem_ok &= arom_col | ~p_short[:, None]
+        # inside brackets: the symbol's valence (plus what a charge still to come could add) must cover
+        # the bonds promised; then explicit H, the charge and its digits, as they are chosen
+        in_bracket = tag == TAG_BRACKET
+        charge_later = (self.counts[:, [t.lhs["BAC"], t.lhs["BAH"], t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
+        bracket_free = cur_free - BRACKET_BUDGET           # minus the bonds promised, before the symbol
+        sym_ok = (bracket_free[:, None] + t.budget[cols][None, :] + t.charge_gain[cols][None, :] * charge_later[:, None]) >= 0
+        elem_ok = torch.where(in_bracket[:, None], sym_ok & (arom_col | ~p_short[:, None]), elem_ok)
         ok[:, cols] = elem_ok
         ok[:, t.r_atom_ali] = ok[:, t.aliphatic_cols].any(1)
         ok[:, t.r_atom_aro] = ok[:, t.aromatic_cols].any(1)
+        ok[:, t.r_sym_ali] = ok[:, t.aliphatic_cols].any(1)     # the same inside brackets
+        ok[:, t.r_sym_aro] = ok[:, t.aromatic_cols].any(1)
 
         # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
         p = self.counts[:, t.lhs["ringbond"]]
@@ -238,6 +317,11 @@ class SemanticState:
         ok[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & (~last | (n_open > p + 1))
         ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
         ok[:, t.r_bb_more] = (cur_free >= 1) | cur_unbudgeted
+        # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
+        short = self._deficit(self.cur) > self._at(self.to_come, self.cur)
+        bb_pending = self.counts[:, t.lhs["BB"]] > 0
+        ok[:, t.r_rb_one] &= ~short | bb_pending
+        ok[:, t.r_bb_one] = ~short
 
         # bond orders: within the budget of the atom the bond leaves from
         src = torch.where(tag == TAG_RING, self.cur, self._from_atom(level))
@@ -245,6 +329,40 @@ class SemanticState:
         src_unbudgeted = self._at(self.bracket, src) | (src < 0)
         orders = t.bond_order[t.bond_rules]
         ok[:, t.bond_rules] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
+
+        # explicit H and charge of a bracket atom (its symbol is known by then)
+        kind_c = self.charge_kind
+        gain = torch.where(kind_c == 1, 8, torch.where(kind_c == -1, 1, 0)) * \
+            (self.counts[:, [t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
+        free_b = torch.where(cur_unbudgeted, torch.full_like(cur_free, BRACKET_BUDGET), cur_free)
+        gain_any = torch.where(kind_c == 1, 8, torch.where(kind_c == -1, 1, 0))
+        ok[:, t.r_h] = (free_b - 1 + gain >= 0)[:, None]
+        ok[:, t.r_bac_chiral] = free_b >= 0
+        ok[:, t.r_bac_more] = (free_b + gain_any >= 0)[:, None]
+        ok[:, t.r_bah["h"]] = free_b - 1 >= 0
+        ok[:, t.r_bah["hc"]] = free_b - 1 + gain_any >= 0
+        ok[:, t.r_bah["c"]] = free_b + gain_any >= 0
+
+        def charge_delta(q):   # what a charge q does to this bracket atom's valence
+            return torch.where(kind_c == 1, q, torch.where(kind_c == -1, -q, -q.abs()))
+
+        one = torch.ones_like(kind_c)
+        for r in t.r_charge_one:
+            ok[:, r] = free_b + charge_delta(one * int(t.charge_sign[r])) >= 0
+        for r in t.r_charge_digit:   # the best digit for it
+            ok[:, r] = free_b + torch.maximum(charge_delta(one * int(t.charge_sign[r])),
+                                              charge_delta(one * 8 * int(t.charge_sign[r]))) >= 0
+        digits = t.digit[t.digit_rules][None, :]
+        sign = self.charge_sign[:, None]
+        extra = charge_delta_2d = torch.where(kind_c[:, None] == 1, sign * digits,
+                                              torch.where(kind_c[:, None] == -1, -sign * digits, -digits)) - \
+            charge_delta(self.charge_sign)[:, None]
+        del charge_delta_2d
+        h_digit_ok = (free_b[:, None] - (digits - 1) + gain[:, None]) >= 0
+        c_digit_ok = (free_b[:, None] + extra) >= 0
+        digit_ctx = torch.where((tag == TAG_HCOUNT)[:, None], h_digit_ok,
+                                torch.where((tag == TAG_CHARGE)[:, None], c_digit_ok, torch.ones_like(h_digit_ok)))
+        ok[:, t.digit_rules] = digit_ctx
 
         # ring digits
         ring = (tag == TAG_RING)[:, None]
@@ -261,11 +379,17 @@ class SemanticState:
         opener_pays = (rb <= 1) | (order > 0) | ((rb - 1) <= opener_free) | \
             self.bracket.gather(1, opener.clamp(min=0))
         close_ok = is_open & ~same & ~bonded & agree & cur_pays & opener_pays
+        # a closure between an aromatic and an aliphatic atom gives the aromatic one no aromatic neighbour
+        o_arom = self.aromatic.gather(1, opener.clamp(min=0)) & is_open
+        c_arom = self._at(self.aromatic, self.cur)
+        o_short = o_arom & (self.arom_deficit_of(opener) > self.to_come.gather(1, opener.clamp(min=0)) - 1)
+        c_short = c_arom & (self._deficit(self.cur) > self._at(self.to_come, self.cur) - 1)
+        close_ok &= ~(o_short & ~c_arom[:, None]) & ~(c_short[:, None] & ~o_arom)
         open_ok = ~is_open & (ahead > 0)[:, None]
         digit_cols = t.digit_rules
         digit_ok = close_ok | open_ok
         digit_ok = digit_ok[:, (t.digit[digit_cols] - 1)]
-        ok[:, digit_cols] = digit_ok | ~ring
+        ok[:, digit_cols] = torch.where(ring, digit_ok, ok[:, digit_cols])
         return ok
 
     # ------------------------------------------------------------------ the update
@@ -280,7 +404,7 @@ class SemanticState:
         # branched_atom: the promises of the atom about to be made
         sp = machine.sp
         below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
-        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // 4
+        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
         successor = (sp >= 2) & (below_level == level) & \
             ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
         ba = kind["ba"]
@@ -304,6 +428,12 @@ class SemanticState:
             self.free[rows, pidx] -= torch.where(has_parent, c_in - 1, torch.zeros_like(c_in))
             self.bonded[new] = False
             self.bonded[rows, pidx] |= has_parent
+            self.to_come[rows, a] = torch.where(new, reserved, self.to_come[rows, a])
+            self.arom_nbrs[rows, a] = torch.where(new, torch.zeros_like(c_in), self.arom_nbrs[rows, a])
+            organic = new & ~kind["bracket"]
+            self.aromatic[rows, a] = torch.where(new, organic & t.aromatic[rule], self.aromatic[rows, a])
+            self._link(rows, a, parent, organic)        # a bracket atom links when its symbol is known
+            self.bracket_parent = torch.where(kind["bracket"], parent, self.bracket_parent)
             self.cur = torch.where(new, a, self.cur)
             lv = self.next_level.clamp(0, MAX_LEVELS - 1)
             self.last_at_level[rows, lv] = torch.where(new, a, self.last_at_level[rows, lv])
@@ -313,10 +443,35 @@ class SemanticState:
             self.has_rb &= ~new
             self.has_bb &= ~new
 
+        # a bracket atom's symbol, explicit H and charge set its budget
+        cidx = self.cur.clamp(min=0)
+        sym = kind["element"] & (tag == TAG_BRACKET)
+        self.free[rows, cidx] += torch.where(sym, t.budget[rule] - BRACKET_BUDGET, torch.zeros_like(cidx))
+        self.bracket[rows, cidx] &= ~sym
+        self.charge_kind = torch.where(sym, t.charge_kind[rule], self.charge_kind)
+        self.aromatic[rows, cidx] |= sym & t.aromatic[rule]
+        self._link(rows, self.cur, self.bracket_parent, sym)
+        self.free[rows, cidx] -= kind["h"].long()
+        h_digit = kind["digit"] & (tag == TAG_HCOUNT)
+        self.free[rows, cidx] -= torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
+        kc = self.charge_kind
+
+        def charge_delta(q):
+            return torch.where(kc == 1, q, torch.where(kc == -1, -q, -q.abs()))
+
+        sign = t.charge_sign[rule]
+        self.free[rows, cidx] += torch.where(kind["charge"], charge_delta(sign), torch.zeros_like(cidx))
+        self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
+        c_digit = kind["digit"] & (tag == TAG_CHARGE)
+        q = self.charge_sign * t.digit[rule]
+        self.free[rows, cidx] += torch.where(c_digit, charge_delta(q) - charge_delta(self.charge_sign),
+                                             torch.zeros_like(cidx))
+        self.bracket[rows, cidx] |= kind["charge_two"]   # charges of two digits: not budgeted
+
         # one more ring bond or branch promised by the current atom
         more = kind["rb_more"] | kind["bb_more"]
-        cidx = self.cur.clamp(min=0)
         self.free[rows, cidx] -= more.long()
+        self.to_come[rows, cidx] += more.long()
 
         # a branch opens a new level: its first atom bonds to the owner
         br = kind["branch"]
@@ -342,6 +497,8 @@ class SemanticState:
             self.free[rows, cidx] -= torch.where(closing, cost - 1, torch.zeros_like(cost))
             self.free[rows, oidx] -= torch.where(closing & (rb > 1) & (order == 0), rb - 1, torch.zeros_like(rb))
             self.bonded[rows, oidx] |= closing
+            self.to_come[rows, cidx] -= closing.long()   # the closer's ring bond is made
+            self._link(rows, self.cur, opener, closing)  # and the opener's
             self.free[rows, cidx] -= torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))
             self.open_atom[rows, d] = torch.where(closing, torch.full_like(opener, -1),
                                                   torch.where(opening, self.cur, opener))
@@ -355,7 +512,7 @@ class SemanticState:
         base = (sp - active.long())
         width = t.level_inc.shape[1]
         new_tag = torch.where(t.tag[rule] >= 0, t.tag[rule], tag[:, None])
-        new_attr = (level[:, None] + t.level_inc[rule]) * 4 + new_tag
+        new_attr = (level[:, None] + t.level_inc[rule]) * TAGS + new_tag
         idx = (base[:, None] + torch.arange(width, device=self.dev)[None, :]).clamp(max=self.attr.shape[1] - 1)
         self.attr.scatter_(1, idx, new_attr)
 

@@ -21,7 +21,7 @@ import torch
 
 from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
-from ..train import resolve_device
+from ..trainer import resolve_device
 from . import trust as turbo
 from .acquisition import batched_greedy_ei, posterior_mean_incumbent
 from .gp import SparseGP

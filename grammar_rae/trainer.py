@@ -162,6 +162,8 @@ class Trainer:
         self.early_stopped = False
         self.ckpt = self.run_dir / "checkpoints"
         self.partial: dict | None = None   # where a checkpoint inside an epoch left off (resume)
+        self.stop_requested: str | None = None  # SIGTERM / SIGINT received: checkpoint and stop at the next sync
+        self.stopped_inside = False             # the last stop fell inside an epoch
         self.total_steps = config.schedule_steps or config.epochs * self.steps_per_epoch()
         for group in self.optimizer.param_groups:
             group["base_lr"] = config.lr   # the rate the schedule multiplies (plateau lowers it)
@@ -305,6 +307,7 @@ class Trainer:
         """(out of --max-minutes, a checkpoint inside the epoch is due); every rank gets the same answer."""
         now, cfg = time.time(), self.config
         stop = bool(cfg.checkpoint_minutes and cfg.max_minutes and now - self.started >= cfg.max_minutes * 60)
+        stop = stop or self.stop_requested is not None
         due = bool(cfg.checkpoint_minutes and now - self.last_save >= cfg.checkpoint_minutes * 60)
         if self.world > 1:
             import torch.distributed as dist
@@ -375,13 +378,30 @@ class Trainer:
                                        "generator": epoch_generator, "seconds": round(self.epoch_offset + spent, 2)},
                               elapsed=self.elapsed + spent)
                 if stop and i < steps - 1:
-                    self.out_of_time = True
+                    self.out_of_time = self.stopped_inside = True
                     self.elapsed += spent
-                    self.log(f"time budget of {self.config.max_minutes:g} min reached in epoch {self.epoch + 1} "
-                             f"(batch {done} of {steps}, step {self.global_step}); checkpoint written, "
-                             "continue with --resume")
+                    why = (f"stopped by {self.stop_requested}" if self.stop_requested is not None else
+                           f"time budget of {self.config.max_minutes:g} min reached")
+                    self.log(f"{why} in epoch {self.epoch + 1} (batch {done} of {steps}, step {self.global_step}); "
+                             "checkpoint written, continue with --resume")
                     return None
         return {k: (v / max(done, 1)).item() for k, v in sums.items()}
+
+    def best_at_stop(self) -> float:
+        """After a stop inside an epoch: validate the weights reached, and commit them as ``best`` when
+        they are better than every epoch's (a run cut by --max-minutes ships what it reached, e.g. the end
+        of a decayed schedule). Returns the validation loss."""
+        val = self.validate()
+        if math.isfinite(val) and val < self.best_val:
+            self.best_val = val
+            self.save_best(val)
+            if self.rank == 0:  # the trunk's JSON learns the new best (its files are unchanged)
+                meta = read_json(self.ckpt / "last.json")
+                write_json(self.ckpt / "last.json", {**meta, "best_val": val})
+            self.log(f"validation {val:.4f} at step {self.global_step}: the new best checkpoint")
+        else:
+            self.log(f"validation {val:.4f} at step {self.global_step} (best stays {self.best_val:.4f})")
+        return val
 
     def last_good_step(self) -> int:
         try:
@@ -419,16 +439,43 @@ class Trainer:
         return hits / k
 
     def fit(self, resume: bool = False) -> list[dict]:
+        """Train until the epochs, the schedule's steps, early stopping or --max-minutes end it. SIGTERM
+        or Ctrl-C stops it cleanly: a checkpoint of where it was (inside the epoch), then return."""
+        import signal
+        import threading
+
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            def request_stop(signum, frame):
+                if self.stop_requested is not None:  # a second one: stop now (the last checkpoint stands)
+                    raise KeyboardInterrupt
+                self.stop_requested = signal.Signals(signum).name
+                self.log(f"{self.stop_requested}: stopping at the next checkpoint (a few seconds); again to stop now")
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, request_stop)
+        try:
+            return self._fit(resume)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _fit(self, resume: bool) -> list[dict]:
         if resume:
             self.resume()
         elif (self.ckpt / "last.json").is_file():
             raise RunError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                            "or choose another --out")
-        if self.epoch == 0:  # a resumed run continues the RNG stream restored from its checkpoint
+        # a resumed run continues the RNG stream restored from its checkpoint (also one taken inside epoch 1)
+        if self.epoch == 0 and not self.partial:
             torch.manual_seed(self.config.seed)
         self.out_of_time, started, longest = False, time.time(), 0.0
         self.started = self.last_save = started
         while self.epoch < self.config.epochs and not self.early_stopped and self.global_step < self.total_steps:
+            if self.stop_requested is not None:
+                self.out_of_time = True
+                self.log(f"stopped by {self.stop_requested} after epoch {self.epoch}; continue with --resume")
+                break
             # without checkpoints inside epochs, stop before an epoch that would not fit the budget
             if not self.config.checkpoint_minutes and self._no_time_for_epoch(started, longest):
                 break
@@ -468,6 +515,8 @@ class Trainer:
             if self.early_stopped:
                 self.log(f"early stop: no better validation loss in {self.bad_epochs} epochs")
             longest = max(longest, time.time() - t0)  # checkpoint writing included
+        if self.stopped_inside and self.stop_requested is None:
+            self.best_at_stop()
         return self.history
 
     def _no_time_for_epoch(self, started: float, longest: float) -> bool:
