@@ -3,17 +3,18 @@ a training run, against cumulative CPU-hours; appended to bench/results/zinc-gra
 as curve.png.
 
     python bench/zinc_curve.py --run training/zinc-grae --snapshots /tmp/snap --segment "session 7: cosine"
-        [--steps 0,1800,...] [--prior-cpu-hours 2.02] [--threads 2]
+        --cpu-seconds-per-step 0.49 [--steps 3438,6876,...] [--start-weights zinc-grae] [--prior-cpu-hours 2.02]
 
-Each snapshot ``step-N.safetensors`` (fp32 weights the run committed at update N; ``index.txt`` beside
-them gives the wall-clock second each was copied, for runs whose JSON is gone) is measured with:
+Each snapshot ``step-N.safetensors`` (fp32 weights the run committed at update N) is measured with:
   - argmax reconstruction of all 5,000 test molecules (RDKit canonical match), with the semantic layer
-    (the default decoder) and without it;
+    (the default decoder), and without it at the segment's first and last point;
   - the masked NLL (nats/molecule) of 5,000 validation molecules;
   - RDKit validity of 1,000 samples of a 10-component GMM fitted on the codes of 20,000 training
     molecules (the shipped density uses all of them; a subsample keeps a point under a minute),
     with and without the semantic layer.
-CPU-hours: ``--prior-cpu-hours`` (the run it started from) + the run's wall seconds x its threads.
+CPU-hours: ``--prior-cpu-hours`` (the run it started from) + N x ``--cpu-seconds-per-step``, the training
+process's own CPU time per update (user + system, all its threads) measured on this machine while it
+had the machine to itself -- what an update costs, whatever else ran beside it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 OUT = Path(__file__).parent / "results" / "zinc-grae"
 
 
-def measure(net, ds, rows: dict, rng_seed: int = 0) -> dict:
+def measure(net, ds, rows: dict, plain: bool = True, rng_seed: int = 0) -> dict:
     from grammar_rae.density import make_density
     from grammar_rae.metrics import canonical
     from grammar_rae.run import decode_strings, encode_rules, padded_rules
@@ -42,7 +43,7 @@ def measure(net, ds, rows: dict, rng_seed: int = 0) -> dict:
     want = canonical([ds.strings[i] for i in rows["test"]], True)
     with torch.no_grad():
         z_test = encode_rules(net, test)
-    for on in (True, False):
+    for on in ((True, False) if plain else (True,)):
         net.semantics = on
         back = canonical(decode_strings(net, z_test), True)
         out[f"test_recon{'' if on else '_plain'}"] = float(np.mean([a is not None and a == b for a, b in zip(back, want)]))
@@ -53,7 +54,7 @@ def measure(net, ds, rows: dict, rng_seed: int = 0) -> dict:
     codes = encode_rules(net, padded_rules(ds, T, rows["train"]))
     q = make_density("gmm", k=10, seed=rng_seed).fit(codes)
     z = q.sample(1000, seed=rng_seed)
-    for on in (True, False):
+    for on in ((True, False) if plain else (True,)):
         net.semantics = on
         s = decode_strings(net, z)
         ok = [x is not None and Chem.MolFromSmiles(x) is not None for x in s]
@@ -71,8 +72,8 @@ def main():
     ap.add_argument("--start-weights", default=None, help="also measure these weights as the segment's step 0 "
                     "(e.g. the shipped model it started from: zinc-grae)")
     ap.add_argument("--prior-cpu-hours", type=float, default=0.0)
-    ap.add_argument("--run-threads", type=int, default=2)
-    ap.add_argument("--started", type=float, default=None, help="unix time the run started (for index.txt dates)")
+    ap.add_argument("--cpu-seconds-per-step", type=float, required=True,
+                    help="the training process's CPU seconds per update (from /proc/PID/stat over a stretch)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -88,14 +89,6 @@ def main():
     rng = np.random.default_rng(0)
     rows = {"test": te[:5000], "val": np.sort(rng.permutation(va)[:5000]), "train": np.sort(rng.permutation(tr)[:20000])}
     snap = Path(a.snapshots)
-    when = {}
-    if (snap / "index.txt").is_file():
-        for line in (snap / "index.txt").read_text().split("\n"):
-            parts = line.split()
-            if len(parts) == 3:
-                step, x, y = parts
-                # old lines: step elapsed name; new lines: step name unix-time
-                when[int(step)] = float(x) if x.replace(".", "").isdigit() else float(y) - (a.started or 0.0)
     steps = sorted(int(p.stem.split("-")[1]) for p in snap.glob("step-*.safetensors"))
     if a.steps:
         steps = [s for s in steps if s in {int(x) for x in a.steps.split(",")}]
@@ -106,13 +99,11 @@ def main():
         t0 = time.time()
         if path is None:
             net = load_run(a.start_weights)[0].float()
-            seconds = 0.0
         else:
             load_model_state(net, path)
-            seconds = when.get(step, float("nan"))
-        m = measure(net, ds, rows)
-        p = {"segment": a.segment, "step": step, "run_seconds": round(seconds, 1),
-             "cpu_hours": round(a.prior_cpu_hours + seconds * a.run_threads / 3600, 3), **m,
+        m = measure(net, ds, rows, plain=(step, path) in (todo[0], todo[-1]))
+        p = {"segment": a.segment, "step": step,
+             "cpu_hours": round(a.prior_cpu_hours + step * a.cpu_seconds_per_step / 3600, 3), **m,
              "measure_seconds": round(time.time() - t0, 1)}
         print(json.dumps(p), flush=True)
         points.append(p)
@@ -124,6 +115,7 @@ def main():
         "name": a.segment, "run": str(run), "settings": {k: cfg.get(k) for k in (
             "schedule", "lr", "min_lr", "warmup_steps", "schedule_steps", "batch_size", "grad_clip", "threads")},
         "init_from": meta.get("init_from"), "prior_cpu_hours": a.prior_cpu_hours,
+        "cpu_seconds_per_step": a.cpu_seconds_per_step,
         "measured": "test_recon: argmax, 5,000 test molecules; val_nll: 5,000 validation molecules; gmm_valid: "
                     "1,000 samples of a GMM on 20,000 training codes; *_plain: without the semantic layer"}]
     path.write_text(json.dumps(curve, indent=1) + "\n")
@@ -141,13 +133,14 @@ def plot(curve: dict, path: Path) -> None:
     x = [p["cpu_hours"] for p in pts]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     axes[0].plot(x, [100 * p["test_recon"] for p in pts], "o-", label="argmax, semantic decoder")
-    axes[0].plot(x, [100 * p["test_recon_plain"] for p in pts], "s--", label="argmax, grammar only")
+    xp = [p for p in pts if "test_recon_plain" in p]
+    axes[0].plot([p["cpu_hours"] for p in xp], [100 * p["test_recon_plain"] for p in xp], "s--", label="argmax, grammar only")
     axes[0].axhline(76.7, color="grey", ls=":", label="JT-VAE 76.7%")
     axes[0].set_ylabel("test reconstruction (%)")
     axes[1].plot(x, [p["val_nll"] for p in pts], "o-")
     axes[1].set_ylabel("validation NLL (nats / molecule)")
     axes[2].plot(x, [100 * p["gmm_valid"] for p in pts], "o-", label="semantic decoder")
-    axes[2].plot(x, [100 * p["gmm_valid_plain"] for p in pts], "s--", label="grammar only")
+    axes[2].plot([p["cpu_hours"] for p in xp], [100 * p["gmm_valid_plain"] for p in xp], "s--", label="grammar only")
     axes[2].set_ylabel("GMM samples RDKit-valid (%)")
     for ax in axes:
         ax.set_xlabel("cumulative CPU-hours")

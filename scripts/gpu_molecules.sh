@@ -53,7 +53,9 @@ from pathlib import Path
 run = Path(sys.argv[1]) / "checkpoints"
 best, last = (json.loads((run / f"{w}.json").read_text())["epoch"] for w in ("best", "last"))
 print(f"best epoch {best}, last epoch {last}")
-skip = [p.name for p in run.iterdir() if p.name.startswith("best." if best == last else "last.state")]
+# versioned names (best-TAG.safetensors, last-TAG.state.*) and those of older runs (best.*, last.state.*)
+skip = [p.name for p in run.iterdir()
+        if (p.name.startswith(("best.", "best-")) if best == last else ".state." in p.name)]
 (Path(sys.argv[1]) / "pack-skipped.txt").write_text("\n".join(skip) + "\n")
 print("left out:", skip)
 EOF

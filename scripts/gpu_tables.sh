@@ -79,7 +79,8 @@ echo "== packing ($(elapsed) s)"
 # the optimiser states are left out (the runs cannot --resume from what comes back), and so are the
 # molecule run's last weights (best ones kept): what comes back from a lease is <= 64 MB
 cp -r "$OUT/logs" "$RUNS/logs"
-tar -C "$RUNS" -cf - --exclude='last.state.*' --exclude='*.tmp' --exclude='mol/zinc/checkpoints/last.safetensors' \
+tar -C "$RUNS" -cf - --exclude='last.state.*' --exclude='last-*.state.*' --exclude='*.tmp' \
+  --exclude='mol/zinc/checkpoints/last.safetensors' --exclude='mol/zinc/checkpoints/last-*.safetensors' \
   expr mol logs | split -b 15M - "$OUT/run.tar."
 rm -rf "$OUT/logs"   # inside the tarball: a lease returns only a few files
 ls -la "$OUT"

@@ -6,7 +6,7 @@ when the best epoch is the last one): best = last, with the epoch and validation
 import sys
 from pathlib import Path
 
-from grammar_rae.checkpoint import load_weights, read_json, save_weights, write_json
+from grammar_rae.checkpoint import checkpoint_weights, load_weights, read_json, save_weights, write_json
 
 
 def main(run: Path) -> None:
@@ -16,7 +16,7 @@ def main(run: Path) -> None:
         sys.exit(f"{ck} already has best.json; nothing to do")
     if meta["best_val"] != meta["history"][-1]["val_rec"]:
         sys.exit(f"{ck}: the best epoch is not the last one, so last cannot stand in for best")
-    save_weights(ck / "best.safetensors", load_weights(ck / "last.safetensors"))
+    save_weights(ck / "best.safetensors", load_weights(checkpoint_weights(ck, "last")[0]))
     write_json(ck / "best.json", {"epoch": meta["epoch"], "val_rec": meta["best_val"]})
     print(f"{ck}/best.* = epoch {meta['epoch']} (val rec {meta['best_val']:.4f})")
 

@@ -84,7 +84,7 @@ def main():
     write_json(tmp / "run.json", meta)
     sums = save_weights(tmp / "checkpoints" / "best.safetensors",
                         load_weights(checkpoint_weights(run / "checkpoints", "best")[0]), half=True)
-    write_json(tmp / "checkpoints" / "best.json", {**best, "sha256": sums})
+    write_json(tmp / "checkpoints" / "best.json", {**best, "weights": "best.safetensors", "sha256": sums})
     write_json(tmp / "checkpoints" / "last.json", {"epoch": last.get("epoch"), "history": history})
     if args.no_refit:
         shutil.copytree(run / "density", tmp / "density")

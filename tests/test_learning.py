@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from grammar_rae import load_grammar
-from grammar_rae.checkpoint import load_model_state
+from grammar_rae.checkpoint import checkpoint_weights, load_model_state
 from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.data.shipped import shipped_path
 from grammar_rae.models.grammar_ae import GrammarAE, GrammarAEConfig
@@ -30,7 +30,7 @@ def test_a_small_expression_model_reconstructs_what_it_was_trained_on(tmp_path):
     net = GrammarAE(GrammarAEConfig.for_grammar("expr", 15, "rae-l2"), g)
     before = float(net.exact_reconstructions(rules).float().mean())
     Trainer(net, rules, rules, cfg, tmp_path / "run", progress=False, log=lambda m: None).fit()
-    load_model_state(net, tmp_path / "run" / "checkpoints" / "best.safetensors")
+    load_model_state(net, checkpoint_weights(tmp_path / "run" / "checkpoints", "best")[0])
     after = float(net.exact_reconstructions(rules).float().mean())
     decoded = net.decode(net.encode(rules.long())).strings
     strings = [ds.strings[i] for i in rows]

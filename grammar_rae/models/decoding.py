@@ -65,9 +65,11 @@ class StackMachine:
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Choose one rule per sample from ``logits`` [B, R]; returns the rule indices [B]."""
         allowed = self.current_mask()
-        if self.semantic_state is not None:
-            both = allowed & self.semantic_state.mask(self)
-            allowed = torch.where(both.any(1, keepdim=True), both, allowed)  # never an empty choice
+        if self.semantic_state is not None:  # never an empty choice: the strongest mask that leaves one
+            hard, soft = self.semantic_state.mask(self)
+            ring = allowed & hard
+            both = ring & soft
+            allowed = torch.where(both.any(1, keepdim=True), both, torch.where(ring.any(1, keepdim=True), ring, allowed))
         scores = _scores(logits, sample, temperature, generator)
         rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
         self.force(rule)

@@ -31,7 +31,8 @@ tests run all of ZINC250k through it):
 Bracket atoms are budgeted from their symbol, explicit H and charge (an ion has the valences of the
 element with its electron count; charges of two digits are not budgeted). Valences are RDKit's largest default ones, with
 every bond between aromatic atoms counted as 1 (a lower bound on its true order): the check is sound.
-If a constraint would leave no rule at all, the grammar's own mask is used for that step.
+The ring-structure constraints and the valence/aromaticity ones are two tiers: if both together would
+leave no rule at a step, the ring structure alone is kept, and if that leaves none, the grammar's mask.
 """
 from __future__ import annotations
 
@@ -249,13 +250,16 @@ class SemanticState:
         return (self.counts * self.t.ahead).sum(1) - self.t.ahead[lhs]
 
     # ------------------------------------------------------------------ the mask
-    def mask(self, machine) -> torch.Tensor:
+    def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor]:
         t, B = self.t, self.B
         lhs = machine.top()
         level, tag = self._top(machine)
         n_open = (self.open_atom >= 0).sum(1)
         ahead = self._ahead(lhs)
+        # two tiers: ``ok`` the ring structure (what makes a string a molecule at all), ``soft`` valence and
+        # aromaticity; where both leave nothing, the ring structure alone is kept
         ok = torch.ones(B, t.grammar.n_rules, dtype=torch.bool, device=self.dev)
+        soft = torch.ones_like(ok)
         cur_free = self._at(self.free, self.cur)
         cur_unbudgeted = self._at(self.bracket, self.cur) | (self.cur < 0)
 
@@ -264,7 +268,10 @@ class SemanticState:
         # bonded), so then it needs branches, whose atoms can
         nothing_after = ahead == 0
         parent_opened = (self.open_atom == self._from_atom(level)[:, None]) & (self.open_atom >= 0)
-        blocked = parent_opened.any(1)
+        # ... and two rings one atom opened cannot both close on one atom (a double bond by ring closures)
+        oa = self.open_atom
+        twice = ((oa[:, :, None] == oa[:, None, :]) & (oa[:, :, None] >= 0)).sum((1, 2)) > (oa >= 0).sum(1)
+        blocked = parent_opened.any(1) | twice
         ok[:, t.r_ba_atom] = ~(nothing_after & (n_open > 0))
         ok[:, t.r_ba["rb"]] = ~nothing_after | ((n_open > 0) & ~blocked)
         ok[:, t.r_ba["rbbb"]] = torch.ones_like(blocked)
@@ -277,7 +284,7 @@ class SemanticState:
         below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
         successor = (sp >= 2) & (below_level == level) & \
             ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
-        ok[:, t.r_ba_atom] &= ~pp_short | successor
+        soft[:, t.r_ba_atom] = ~pp_short | successor
 
         # the element of a new atom (organic subset; bracket atoms are not budgeted)
         parent = self._from_atom(self.next_level)
@@ -305,30 +312,31 @@ class SemanticState:
         bracket_free = cur_free - BRACKET_BUDGET           # minus the bonds promised, before the symbol
         sym_ok = (bracket_free[:, None] + t.budget[cols][None, :] + t.charge_gain[cols][None, :] * charge_later[:, None]) >= 0
         elem_ok = torch.where(in_bracket[:, None], sym_ok & (arom_col | ~p_short[:, None]), elem_ok)
-        ok[:, cols] = elem_ok
-        ok[:, t.r_atom_ali] = ok[:, t.aliphatic_cols].any(1)
-        ok[:, t.r_atom_aro] = ok[:, t.aromatic_cols].any(1)
-        ok[:, t.r_sym_ali] = ok[:, t.aliphatic_cols].any(1)     # the same inside brackets
-        ok[:, t.r_sym_aro] = ok[:, t.aromatic_cols].any(1)
+        soft[:, cols] = elem_ok
+        soft[:, t.r_atom_ali] = soft[:, t.aliphatic_cols].any(1)
+        soft[:, t.r_atom_aro] = soft[:, t.aromatic_cols].any(1)
+        soft[:, t.r_sym_ali] = soft[:, t.aliphatic_cols].any(1)     # the same inside brackets
+        soft[:, t.r_sym_aro] = soft[:, t.aromatic_cols].any(1)
 
         # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
         p = self.counts[:, t.lhs["ringbond"]]
         last = ahead == 0
-        ok[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & (~last | (n_open > p + 1))
+        ok[:, t.r_rb_more] = ~last | (n_open > p + 1)
         ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
-        ok[:, t.r_bb_more] = (cur_free >= 1) | cur_unbudgeted
+        soft[:, t.r_rb_more] = (cur_free >= 1) | cur_unbudgeted
+        soft[:, t.r_bb_more] = (cur_free >= 1) | cur_unbudgeted
         # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
         short = self._deficit(self.cur) > self._at(self.to_come, self.cur)
         bb_pending = self.counts[:, t.lhs["BB"]] > 0
-        ok[:, t.r_rb_one] &= ~short | bb_pending
-        ok[:, t.r_bb_one] = ~short
+        soft[:, t.r_rb_one] = ~short | bb_pending
+        soft[:, t.r_bb_one] = ~short
 
         # bond orders: within the budget of the atom the bond leaves from
         src = torch.where(tag == TAG_RING, self.cur, self._from_atom(level))
         src_free = self._at(self.free, src)
         src_unbudgeted = self._at(self.bracket, src) | (src < 0)
         orders = t.bond_order[t.bond_rules]
-        ok[:, t.bond_rules] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
+        soft[:, t.bond_rules] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
 
         # explicit H and charge of a bracket atom (its symbol is known by then)
         kind_c = self.charge_kind
@@ -336,21 +344,21 @@ class SemanticState:
             (self.counts[:, [t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
         free_b = torch.where(cur_unbudgeted, torch.full_like(cur_free, BRACKET_BUDGET), cur_free)
         gain_any = torch.where(kind_c == 1, 8, torch.where(kind_c == -1, 1, 0))
-        ok[:, t.r_h] = (free_b - 1 + gain >= 0)[:, None]
-        ok[:, t.r_bac_chiral] = free_b >= 0
-        ok[:, t.r_bac_more] = (free_b + gain_any >= 0)[:, None]
-        ok[:, t.r_bah["h"]] = free_b - 1 >= 0
-        ok[:, t.r_bah["hc"]] = free_b - 1 + gain_any >= 0
-        ok[:, t.r_bah["c"]] = free_b + gain_any >= 0
+        soft[:, t.r_h] = (free_b - 1 + gain >= 0)[:, None]
+        soft[:, t.r_bac_chiral] = free_b >= 0
+        soft[:, t.r_bac_more] = (free_b + gain_any >= 0)[:, None]
+        soft[:, t.r_bah["h"]] = free_b - 1 >= 0
+        soft[:, t.r_bah["hc"]] = free_b - 1 + gain_any >= 0
+        soft[:, t.r_bah["c"]] = free_b + gain_any >= 0
 
         def charge_delta(q):   # what a charge q does to this bracket atom's valence
             return torch.where(kind_c == 1, q, torch.where(kind_c == -1, -q, -q.abs()))
 
         one = torch.ones_like(kind_c)
         for r in t.r_charge_one:
-            ok[:, r] = free_b + charge_delta(one * int(t.charge_sign[r])) >= 0
+            soft[:, r] = free_b + charge_delta(one * int(t.charge_sign[r])) >= 0
         for r in t.r_charge_digit:   # the best digit for it
-            ok[:, r] = free_b + torch.maximum(charge_delta(one * int(t.charge_sign[r])),
+            soft[:, r] = free_b + torch.maximum(charge_delta(one * int(t.charge_sign[r])),
                                               charge_delta(one * 8 * int(t.charge_sign[r]))) >= 0
         digits = t.digit[t.digit_rules][None, :]
         sign = self.charge_sign[:, None]
@@ -362,7 +370,7 @@ class SemanticState:
         c_digit_ok = (free_b[:, None] + extra) >= 0
         digit_ctx = torch.where((tag == TAG_HCOUNT)[:, None], h_digit_ok,
                                 torch.where((tag == TAG_CHARGE)[:, None], c_digit_ok, torch.ones_like(h_digit_ok)))
-        ok[:, t.digit_rules] = digit_ctx
+        soft[:, t.digit_rules] = digit_ctx
 
         # ring digits
         ring = (tag == TAG_RING)[:, None]
@@ -378,19 +386,20 @@ class SemanticState:
         opener_free = self.free.gather(1, opener.clamp(min=0))
         opener_pays = (rb <= 1) | (order > 0) | ((rb - 1) <= opener_free) | \
             self.bracket.gather(1, opener.clamp(min=0))
-        close_ok = is_open & ~same & ~bonded & agree & cur_pays & opener_pays
+        close_ok = is_open & ~same & ~bonded & agree
+        pays = cur_pays & opener_pays
         # a closure between an aromatic and an aliphatic atom gives the aromatic one no aromatic neighbour
         o_arom = self.aromatic.gather(1, opener.clamp(min=0)) & is_open
         c_arom = self._at(self.aromatic, self.cur)
         o_short = o_arom & (self.arom_deficit_of(opener) > self.to_come.gather(1, opener.clamp(min=0)) - 1)
         c_short = c_arom & (self._deficit(self.cur) > self._at(self.to_come, self.cur) - 1)
-        close_ok &= ~(o_short & ~c_arom[:, None]) & ~(c_short[:, None] & ~o_arom)
+        pays &= ~(o_short & ~c_arom[:, None]) & ~(c_short[:, None] & ~o_arom)
         open_ok = ~is_open & (ahead > 0)[:, None]
         digit_cols = t.digit_rules
-        digit_ok = close_ok | open_ok
-        digit_ok = digit_ok[:, (t.digit[digit_cols] - 1)]
-        ok[:, digit_cols] = torch.where(ring, digit_ok, ok[:, digit_cols])
-        return ok
+        by_digit = (t.digit[digit_cols] - 1)
+        ok[:, digit_cols] = torch.where(ring, (close_ok | open_ok)[:, by_digit], ok[:, digit_cols])
+        soft[:, digit_cols] = torch.where(ring, (~is_open | pays)[:, by_digit], soft[:, digit_cols])
+        return ok, soft
 
     # ------------------------------------------------------------------ the update
     def update(self, machine, rule: torch.Tensor) -> None:
@@ -557,7 +566,8 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
             active = machine.sp > 0
             if not bool(active.any()):
                 break
-            allowed = machine.semantic_state.mask(machine)
+            hard, soft = machine.semantic_state.mask(machine)
+            allowed = hard & soft
             ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
             machine.force(r[:, step])
         out.append(ok)
