@@ -37,6 +37,7 @@ HAND_MADE = [
     ("C1C1", False),              # closure onto the atom it is already bonded to
     ("C11", False),               # closure onto the same atom
     ("C12CC12", False),           # two closures between the same pair
+    ("C1C1CC", False), ("C11CC", False), ("C12CC12CC", False),   # the same, with atoms still to follow
     ("C=1CCCCC-1", False),        # the two ends give different bond orders (OpenSMILES forbids it; RDKit
                                   # silently keeps one of them, so it is left out of the RDKit check below)
     ("FC=F", False),              # fluorine with a double bond
