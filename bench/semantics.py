@@ -52,8 +52,9 @@ def measure(net, z: np.ndarray, semantics: bool, batch: int = 1000) -> dict:
     t0 = time.perf_counter()
     out = decode_strings(net, z, batch=batch)
     seconds = time.perf_counter() - t0
-    why = Counter(failure(s) for s in out)
-    valid = [s for s in out if why and failure(s) == "valid"]
+    reasons = [failure(s) for s in out]
+    why = Counter(reasons)
+    valid = [s for s, r in zip(out, reasons) if r == "valid"]
     from grammar_rae.metrics import canonical_smiles
 
     canon = [canonical_smiles(s) for s in valid]

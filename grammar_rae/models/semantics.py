@@ -224,6 +224,15 @@ class SemanticState:
     def _at(self, table, atom):
         return table.gather(1, atom.clamp(0, MAX_ATOMS - 1)[:, None]).squeeze(1)
 
+    def _successor(self, machine, level):
+        """[B] whether the `branched_atom` on top has a successor in its chain: the entry below it is a
+        chain bond or atom of the same branch level."""
+        sp = machine.sp
+        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
+        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
+        return (sp >= 2) & (below_level == level) & \
+            ((below == self.t.lhs["bond"]) | (below == self.t.lhs["branched_atom"]))
+
     def _deficit(self, atom):
         """[B] aromatic neighbours an atom still lacks (0 for aliphatic atoms and for no atom)."""
         arom = self._at(self.aromatic, atom) & (atom >= 0)
@@ -279,11 +288,7 @@ class SemanticState:
         # second bond: a successor, ring bonds or branches
         pp = self._from_atom(level)
         pp_short = self._at(self.aromatic, pp) & (pp >= 0) & (self._deficit(pp) > self._at(self.to_come, pp) - 1)
-        sp = machine.sp
-        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
-        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
-        successor = (sp >= 2) & (below_level == level) & \
-            ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
+        successor = self._successor(machine, level)
         soft[:, t.r_ba_atom] = ~pp_short | successor
 
         # the element of a new atom (organic subset; bracket atoms are not budgeted)
@@ -351,21 +356,15 @@ class SemanticState:
         soft[:, t.r_bah["hc"]] = free_b - 1 + gain_any >= 0
         soft[:, t.r_bah["c"]] = free_b + gain_any >= 0
 
-        def charge_delta(q):   # what a charge q does to this bracket atom's valence
-            return torch.where(kind_c == 1, q, torch.where(kind_c == -1, -q, -q.abs()))
-
         one = torch.ones_like(kind_c)
         for r in t.r_charge_one:
-            soft[:, r] = free_b + charge_delta(one * int(t.charge_sign[r])) >= 0
+            soft[:, r] = free_b + _charge_delta(kind_c, one * int(t.charge_sign[r])) >= 0
         for r in t.r_charge_digit:   # the best digit for it
-            soft[:, r] = free_b + torch.maximum(charge_delta(one * int(t.charge_sign[r])),
-                                              charge_delta(one * 8 * int(t.charge_sign[r]))) >= 0
+            soft[:, r] = free_b + torch.maximum(_charge_delta(kind_c, one * int(t.charge_sign[r])),
+                                              _charge_delta(kind_c, one * 8 * int(t.charge_sign[r]))) >= 0
         digits = t.digit[t.digit_rules][None, :]
         sign = self.charge_sign[:, None]
-        extra = charge_delta_2d = torch.where(kind_c[:, None] == 1, sign * digits,
-                                              torch.where(kind_c[:, None] == -1, -sign * digits, -digits)) - \
-            charge_delta(self.charge_sign)[:, None]
-        del charge_delta_2d
+        extra = _charge_delta(kind_c[:, None], sign * digits) - _charge_delta(kind_c, self.charge_sign)[:, None]
         h_digit_ok = (free_b[:, None] - (digits - 1) + gain[:, None]) >= 0
         c_digit_ok = (free_b[:, None] + extra) >= 0
         digit_ctx = torch.where((tag == TAG_HCOUNT)[:, None], h_digit_ok,
@@ -412,10 +411,7 @@ class SemanticState:
 
         # branched_atom: the promises of the atom about to be made
         sp = machine.sp
-        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
-        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
-        successor = (sp >= 2) & (below_level == level) & \
-            ((below == t.lhs["bond"]) | (below == t.lhs["branched_atom"]))
+        successor = self._successor(machine, level)
         ba = kind["ba"]
         self.has_next = torch.where(ba, successor.long(), self.has_next)
         self.has_rb = torch.where(ba, t.has_rb[rule], self.has_rb)
@@ -464,16 +460,12 @@ class SemanticState:
         h_digit = kind["digit"] & (tag == TAG_HCOUNT)
         self.free[rows, cidx] -= torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
         kc = self.charge_kind
-
-        def charge_delta(q):
-            return torch.where(kc == 1, q, torch.where(kc == -1, -q, -q.abs()))
-
         sign = t.charge_sign[rule]
-        self.free[rows, cidx] += torch.where(kind["charge"], charge_delta(sign), torch.zeros_like(cidx))
+        self.free[rows, cidx] += torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx))
         self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
         c_digit = kind["digit"] & (tag == TAG_CHARGE)
         q = self.charge_sign * t.digit[rule]
-        self.free[rows, cidx] += torch.where(c_digit, charge_delta(q) - charge_delta(self.charge_sign),
+        self.free[rows, cidx] += torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
                                              torch.zeros_like(cidx))
         self.bracket[rows, cidx] |= kind["charge_two"]   # charges of two digits: not budgeted
 
@@ -524,6 +516,12 @@ class SemanticState:
         new_attr = (level[:, None] + t.level_inc[rule]) * TAGS + new_tag
         idx = (base[:, None] + torch.arange(width, device=self.dev)[None, :]).clamp(max=self.attr.shape[1] - 1)
         self.attr.scatter_(1, idx, new_attr)
+
+
+def _charge_delta(kind, q):
+    """What a charge q does to a bracket atom's valence, by the element's kind (SmilesSemantics.charge_kind):
+    +q for N, O, S, P and halogens (kind 1), -q for B (-1), -|q| for C (0)."""
+    return torch.where(kind == 1, q, torch.where(kind == -1, -q, -q.abs()))
 
 
 _SEMANTICS: dict = {}
