@@ -454,11 +454,28 @@ class Trainer:
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, request_stop)
+        finished = False
         try:
-            return self._fit(resume)
+            history = self._fit(resume)
+            finished = True
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+            self._leave_process_group(wait=finished)
+        return history
+
+    def _leave_process_group(self, wait: bool) -> None:
+        """Under torchrun: wait for every rank (after a normal end), then close the group. A process
+        that exits with the group open can be aborted (SIGABRT) by gloo's worker threads while Python shuts
+        down (pytorch/pytorch#179291), failing the whole torchrun although rank 0 finished."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
 
     def _fit(self, resume: bool) -> list[dict]:
         if resume:

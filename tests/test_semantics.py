@@ -54,6 +54,22 @@ HAND_MADE = [
     ("C1CC1C1CC1", True),                                   # digit 1 reused after it closed
     ("C1CC2CC3CC4CC5CC6CC7CC8CC8CC7CC6CC5CC4CC3CC2CC1", True),  # rings 1-8 open together and all closed
     ("CC(C)(C)C(=O)[O-]", True), ("C[NH+](C)C", True), ("[C@@H]1(O)CCCC1", True), ("OC(=O)[C@H](N)Cc1ccccc1", True),
+    # Kekule parity: a finished aromatic system needs an even number of atoms that take a double bond
+    ("c1cccc1", False),           # five c: no Kekule structure
+    ("c1cccccc1", False),         # seven
+    ("c1ccnc1", False),           # pyrrole without its H: the n (two bonds) needs a double bond too
+    ("c1cccc1C", False),          # the system finished by an aliphatic successor
+    ("c1ccccc1Cc1cccc1", False),  # a second system finished at the molecule's last atom
+    ("c1ccc2cccc2c1", False),     # a fused system of nine c
+    ("O=c1ccccc1", False),        # the exocyclic C=O frees its c: five left
+    ("c1ccc[nH+]1", False),       # [nH+] with two bonds needs one; five in all
+    ("c1cc[nH]c1", True), ("Cn1cccc1", True), ("c1ccoc1", True), ("c1ccsc1", True), ("c1ccncc1", True),
+    ("c1ccc2c(c1)CCC2", True), ("c1ccccc1-c1ccccc1", True), ("c1ccccc1c1ccccc1", True),
+    ("c1ccc2ccccc2c1", True), ("c1cc[nH+]cc1", True), ("C[n+]1ccccc1", True), ("c1cc[n-]c1", True),
+    ("c1ccc2[nH]ccc2c1", True), ("Cn1/c(=N/C)sc2ccccc21", True),   # '/' between aromatic atoms is aromatic
+    ("CC(=O)c1ccc(cc1)N", True),  # the ring closed by the branch's last atom, the chain going on after it
+    # an aromatic c or n has at most three neighbours
+    ("Cc1(C)ccccc1", False),
 ]
 
 

@@ -23,6 +23,7 @@ class Decoded:
     rules: torch.Tensor      # [B, T] long, padding after the end of each derivation
     complete: torch.Tensor   # [B] bool: the stack emptied within T steps
     strings: list            # str for complete derivations, None otherwise
+    cornered: torch.Tensor | None = None   # [B] bool: a semantic mask had to be dropped at some step
 
     @property
     def validity(self) -> float:
@@ -49,6 +50,9 @@ class StackMachine:
         self._padding_lhs = torch.tensor(grammar.padding_lhs, device=device)
         # an optional semantic layer (semantics.py): extra masks from what the derivation has built
         self.semantic_state = semantics.start(batch, depth, device) if semantics is not None else None
+        # rows where a semantic tier left no rule at some step and was dropped for that step: the
+        # derivation is no longer guaranteed what that tier guards (GrammarAE.decode decodes them again)
+        self.cornered = torch.zeros(batch, dtype=torch.bool, device=device)
 
     def top(self) -> torch.Tensor:
         """[B] the left-hand side expanded at this step: the top of each stack (the padding LHS once
@@ -66,10 +70,12 @@ class StackMachine:
         """Choose one rule per sample from ``logits`` [B, R]; returns the rule indices [B]."""
         allowed = self.current_mask()
         if self.semantic_state is not None:  # never an empty choice: the strongest mask that leaves one
-            hard, soft = self.semantic_state.mask(self)
-            ring = allowed & hard
-            both = ring & soft
-            allowed = torch.where(both.any(1, keepdim=True), both, torch.where(ring.any(1, keepdim=True), ring, allowed))
+            tiers = [allowed]
+            for extra in self.semantic_state.mask(self):   # ring structure, valence, Kekule parity
+                tiers.append(tiers[-1] & extra)
+            for stronger in tiers[1:]:
+                allowed = torch.where(stronger.any(1, keepdim=True), stronger, allowed)
+            self.cornered |= ~tiers[-1].any(1) & (self.sp > 0)
         scores = _scores(logits, sample, temperature, generator)
         rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
         self.force(rule)
@@ -119,7 +125,7 @@ def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, 
             rules[:, t] = machine.step(scores[:, t])
             if t % 16 == 15 and bool(machine.done.all()):  # the rest is padding; one sync per 16 steps
                 break
-    return finish(grammar, rules, machine.done, strings)
+    return finish(grammar, rules, machine.done, strings, machine.cornered)
 
 
 @torch.no_grad()
@@ -184,13 +190,14 @@ def _native_decode(grammar: Grammar, scores: torch.Tensor):
     return torch.from_numpy(rules), torch.from_numpy(complete.astype(bool))
 
 
-def finish(grammar: Grammar, rules: torch.Tensor, complete: torch.Tensor, strings: bool) -> Decoded:
+def finish(grammar: Grammar, rules: torch.Tensor, complete: torch.Tensor, strings: bool,
+           cornered: torch.Tensor | None = None) -> Decoded:
     out = None
     if strings:
         rows = rules.cpu().numpy()
         ok = complete.cpu().numpy()
         out = [grammar.derive(r) if c else None for r, c in zip(rows, ok)]
-    return Decoded(rules, complete, out)
+    return Decoded(rules, complete, out, cornered)
 
 
 def reference_decode(grammar: Grammar, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

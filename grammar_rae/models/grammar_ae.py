@@ -26,6 +26,7 @@ from .decoding import decode as masked_decode
 from .teacher_forced import ConvEncoder, TeacherForcedDecoder
 
 MODELS = GRAMMAR_MODELS
+REDECODES, REDECODE_SEED = 16, 0   # GrammarAE.decode: cornered rows decoded again, and the seed of those draws
 ARCHS = ("teacher-forced", "gvae")
 
 # Sizes per (architecture, grammar). gvae: the GrammarVAE's networks (REFERENCE.md §4), kept for its
@@ -134,6 +135,8 @@ class GrammarAE(nn.Module):
         from .semantics import enabled
 
         self.semantics = enabled()
+        # rows the semantic masks cornered are decoded again by sampling, this many copies each (decode)
+        self.redecodes, self.redecode_temperature = REDECODES, 1.0
 
     @property
     def semantic_layer(self):
@@ -237,7 +240,38 @@ class GrammarAE(nn.Module):
     def decode(self, z: torch.Tensor, sample: bool = False, temperature: float = 1.0,
                generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
         """Rule sequences and strings from codes, under the grammar's masks (batched): the stack
-        machine steps together with the decoder for the whole batch, on CPU or GPU."""
+        machine steps together with the decoder for the whole batch, on CPU or GPU.
+
+        Under a semantic layer, a row that the masks cornered (at some step every rule its strongest tier
+        allowed was ruled out, so that tier was dropped) is decoded again from the same code by sampling
+        (temperature ``redecode_temperature``), ``redecodes`` copies of it in one batch, keeping the first
+        copy that no mask had to give way in; a row that gets none keeps its first decode. A true derivation is
+        never cornered (the masks admit every real molecule), so this changes only decodes that were
+        already wrong. Seeded: the same codes give the same strings."""
+        out = self._decode_once(z, sample, temperature, generator, strings)
+        if out.cornered is None or not self.redecodes or not bool(out.cornered.any()):
+            return out
+        gen = torch.Generator(device=z.device).manual_seed(REDECODE_SEED)
+        rows = out.cornered.nonzero().flatten()
+        k = self.redecodes
+        again = self._decode_once(z[rows].repeat_interleave(k, 0), True, self.redecode_temperature, gen, strings)
+        good = (again.complete & ~again.cornered).view(len(rows), k)
+        first = torch.where(good.any(1), good.long().argmax(1), -1)   # the first good copy of each row
+        rules, complete, cornered = out.rules.clone(), out.complete.clone(), out.cornered.clone()
+        texts = list(out.strings) if out.strings is not None else None
+        T = min(rules.shape[1], again.rules.shape[1])
+        for j, c in enumerate(first.tolist()):
+            if c < 0:
+                continue
+            i, src = int(rows[j]), j * k + c
+            rules[i] = self.grammar.padding_index
+            rules[i, :T] = again.rules[src, :T]
+            complete[i], cornered[i] = True, False
+            if texts is not None:
+                texts[i] = again.strings[src]
+        return Decoded(rules, complete, texts, cornered)
+
+    def _decode_once(self, z, sample, temperature, generator, strings) -> Decoded:
         was = self.training
         self.eval()
         try:
@@ -256,6 +290,6 @@ class GrammarAE(nn.Module):
                 rules[:, t] = prev
                 if t % check == check - 1 and bool(machine.done.all()):  # the rest is padding
                     break
-            return finish(self.grammar, rules, machine.done, strings)
+            return finish(self.grammar, rules, machine.done, strings, machine.cornered)
         finally:
             self.train(was)

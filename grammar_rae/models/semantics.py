@@ -42,11 +42,13 @@ from ..grammar import Grammar
 
 TAG_NONE, TAG_RING, TAG_EDGE, TAG_BRACKET, TAG_HCOUNT, TAG_CHARGE = 0, 1, 2, 3, 4, 5
 TAGS = 8   # attr = level * TAGS + tag
+KIND_NONE, KIND_C, KIND_N, KIND_O, KIND_S = 0, 1, 2, 3, 4   # aromatic element kinds (Kekule parity)
 MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET = 96, 64, 64
 # RDKit's largest default valence (Chem.GetPeriodicTable().GetValenceList); aromatic c counts its
 # ring bonds as 1 each plus one exocyclic double bond at most (2-pyridone's C=O): 4
 VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 5, "F": 1, "I": 5, "Cl": 1, "Br": 1,
            "c": 4, "n": 3, "o": 2, "s": 6}
+MAX_DEGREE = {"c": 3, "n": 3, "o": 2, "s": 4}   # neighbours of an aromatic organic atom (s: S-oxides)
 BOND_ORDER = {"-": 1, "=": 2, "#": 3, "/": 1, "\\": 1}
 
 
@@ -97,6 +99,7 @@ class SmilesSemantics:
 
         self.bond_rules = [r for r, body in rules_of("bond")]
         self.bond_order = column({r: BOND_ORDER[body[0]] for r, body in rules_of("bond")})
+        self.dash = column({r: body[0] == "-" for r, body in rules_of("bond")}, torch.bool)  # not '/' or '\\'
         self.digit_rules = [r for r, body in rules_of("DIGIT")]
         self.digit = column({r: int(body[0]) for r, body in rules_of("DIGIT")})
         if sorted(int(rules_of("DIGIT")[i][1][0]) for i in range(len(self.digit_rules))) != list(range(1, 9)):
@@ -106,6 +109,10 @@ class SmilesSemantics:
         self.element_rules = [r for r, _, _ in elements]
         self.budget = column({r: VALENCE[e] for r, e, _ in elements})
         self.aromatic = column({r: True for r, _, a in elements if a}, torch.bool)
+        # for the Kekule parity: which aromatic element (c needs a double bond in a Kekule structure unless
+        # it has an exocyclic one; n needs one with two bonds; o and s never do)
+        self.max_degree = column({r: MAX_DEGREE[e] for r, e, a in elements if a})
+        self.arom_kind = column({r: {"c": KIND_C, "n": KIND_N, "o": KIND_O, "s": KIND_S}[e] for r, e, a in elements if a})
         self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
         self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
         # bracket atoms: what charge does to an element's valence (RDKit: an ion has the valences of the
@@ -205,6 +212,24 @@ class SemanticState:
         self.aromatic = z(B, MAX_ATOMS, dtype=torch.bool)
         self.arom_nbrs, self.to_come = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
         self.bracket_parent = z(B, v=-1)                 # a bracket atom's parent, linked at its symbol
+        self.bracket_in = z(B)                           # and the bond order it was written with (0: implicit)
+        # bonds written '-' (between aromatic atoms: a single bond, not an aromatic one; '/' and '\\' are
+        # aromatic there, as RDKit reads them): the chain bond waiting for its atom, the bracket atom's, the
+        # ring bond waiting for its digit, and each open ring's
+        self.pending_dash, self.bracket_dash, self.ring_dash = (z(B, dtype=torch.bool) for _ in range(3))
+        self.open_dash = z(B, 9, dtype=torch.bool)
+        # Kekule parity: the aromatic systems (atoms joined by implicit bonds between aromatic atoms), each
+        # labelled by one of its atoms; per atom its aromatic kind, bonds made or promised (its final degree
+        # once nothing is to come), an exocyclic double bond, and `wild` (a bracket atom or an explicit double
+        # bond between aromatic atoms: a system holding one is not checked)
+        self.comp = z(B, MAX_ATOMS, v=-1)
+        self.elem_kind = z(B, MAX_ATOMS)
+        self.deg = z(B, MAX_ATOMS)
+        self.exo = z(B, MAX_ATOMS, dtype=torch.bool)
+        self.wild = z(B, MAX_ATOMS, dtype=torch.bool)
+        self.br_arom = z(B, MAX_ATOMS, dtype=torch.bool)  # an aromatic bracket atom: its H and charge count
+        self.h, self.q = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
+        self.max_deg = z(B, MAX_ATOMS, v=MAX_ATOMS)        # of aromatic organic atoms
         self.rows = torch.arange(B, device=device)
 
     # ------------------------------------------------------------------ helpers
@@ -253,6 +278,76 @@ class SemanticState:
         self.to_come[rows, p] -= has.long()
         self.arom_nbrs[rows, p] += (has & c_arom).long()
         self.arom_nbrs[rows, c] += (has & p_arom).long()
+
+    def _systems(self):
+        """Per aromatic system, indexed by its label [B, MAX_ATOMS]: bonds still to come from its atoms
+        (0: it can neither grow nor change), the parity of its atoms that need a double bond in a Kekule
+        structure, and whether it is wild (not checked). A Kekule structure pairs those atoms along the
+        system's bonds, so a finished system with an odd number of them cannot be kekulized."""
+        member = self.comp >= 0
+        label = self.comp.clamp(min=0)
+        needs, unsure = self._needs(slice(None))
+        zero = torch.zeros_like(self.comp)
+        slots = zero.scatter_add(1, label, self.to_come * member.long())
+        odd = zero.scatter_add(1, label, (needs & member).long()) % 2
+        wild = zero.scatter_add(1, label, ((self.wild | unsure) & member).long()) > 0
+        return slots, odd, wild
+
+    def _needs(self, idx):
+        """(needs a double bond, not known) of atoms ``idx`` (an index over MAX_ATOMS, or [B, k] atoms).
+        Organic atoms: c unless it has an exocyclic double bond, n with two bonds; o and s never. A bracket
+        atom needs one when its valence (RDKit's, for the element with its charge's electron count) leaves
+        exactly one bond unused by its neighbours and H; other cases (and charges of two digits, bracket s)
+        are not known."""
+        take = (lambda x: x[:, idx]) if isinstance(idx, slice) else (lambda x: x.gather(1, idx.clamp(0, MAX_ATOMS - 1)))
+        kind, deg, exo, q = take(self.elem_kind), take(self.deg), take(self.exo), take(self.q)
+        organic = ~exo & ((kind == KIND_C) | ((kind == KIND_N) & (deg == 2)))
+        valence = torch.where(kind == KIND_C, 4 - q.abs(), torch.where(kind == KIND_N, 3 + q, 2 + q))
+        rem = valence - deg - take(self.h) - exo.long()
+        br = take(self.br_arom)
+        needs = torch.where(br, rem == 1, organic)
+        unsure = br & ((rem < 0) | (rem > 1) | (kind == KIND_S) | take(self.bracket))
+        return needs, unsure
+
+    def _system_of(self, table, atoms):
+        """``table`` [B, MAX_ATOMS] (by system label) at the systems of ``atoms`` [B] or [B, k]."""
+        squeeze = atoms.dim() == 1
+        a = atoms[:, None] if squeeze else atoms
+        lab = self.comp.gather(1, a.clamp(0, MAX_ATOMS - 1)).clamp(min=0)
+        out = table.gather(1, lab)
+        return out.squeeze(1) if squeeze else out
+
+    def _last_atom_finishes_odd(self, slots, odd, wild, parent, dash, n_open, cols):
+        """[B, len(cols)] for the molecule's last atom X (nothing can follow it, so its ring bonds close
+        every open ring, by implicit bonds as far as is known now): whether element ``cols`` would leave a
+        finished aromatic system with an odd number of atoms needing a double bond. An aromatic X joins
+        its parent's system (bond not written '-') and those of its aromatic ring openers into one."""
+        t, B = self.t, self.B
+        opener = self.open_atom
+        o_arom = self.aromatic.gather(1, opener.clamp(min=0)) & (opener >= 0)
+        o_lab = self.comp.gather(1, opener.clamp(min=0))
+        p_arom = self._at(self.aromatic, parent) & (parent >= 0)
+        p_lab = self._at(self.comp, parent)
+        zero = torch.zeros_like(self.comp)
+        # (an aliphatic X is not judged here: a ring closure written '=' onto a c frees that c from needing a
+        # double bond, so the parity is known only when the closures are written; the ring digits' check
+        # sees it then)
+        # aromatic X: one union of the touched systems (the parent's only if the bond joins them)
+        p_joins = p_arom & ~dash
+        union = zero.scatter_add(1, o_lab.clamp(min=0), o_arom.long()) > 0
+        union |= torch.zeros_like(union).scatter(1, p_lab.clamp(min=0)[:, None], p_joins[:, None])
+        left = (slots * union).sum(1) - p_joins.long() - (union.gather(1, o_lab.clamp(min=0)) & o_arom).sum(1)
+        u_odd = (odd * union).sum(1) % 2
+        u_wild = (wild & union).any(1)
+        kind = t.arom_kind[cols][None, :]
+        deg = (parent >= 0).long() + n_open
+        needs = (kind == KIND_C) | ((kind == KIND_N) & (deg == 2)[:, None])
+        arom_bad = (union.any(1) & ~u_wild & (left == 0))[:, None] & ((u_odd[:, None] + needs.long()) % 2 == 1)
+        return arom_bad & t.aromatic[cols][None, :]
+
+    def _needs_now(self, atoms):
+        """[B, k] whether each atom counts as needing a double bond now."""
+        return self._needs(atoms)[0]
 
     def _ahead(self, lhs):
         """Atoms that can still follow, after the current entry is popped (a lower bound; > 0 is what counts)."""
@@ -304,12 +399,22 @@ class SemanticState:
         p_arom = self._at(self.aromatic, parent_here) & (parent_here >= 0)
         more_later = torch.where(self.has_rb | self.has_bb, 2, 0)
         aromatic_ok = (p_arom.long() + self.has_next + more_later) >= 2
+        # the molecule's last atom: its ring bonds close the open rings, and only aromatic openers give it
+        # aromatic neighbours; an aromatic opener short of them needs it aromatic
+        opener_all = self.open_atom
+        op_arom = self.aromatic.gather(1, opener_all.clamp(min=0)) & (opener_all >= 0)
+        op_short = op_arom & (self.arom_deficit_of(opener_all) > self.to_come.gather(1, opener_all.clamp(min=0)) - 1)
+        aromatic_ok = torch.where(must_close, (p_arom.long() + op_arom.sum(1)) >= 2, aromatic_ok)
+        # an aromatic organic atom has at most MAX_DEGREE neighbours (c and n three: sp2)
+        degree = (parent_here >= 0).long() + self.has_next + self.has_bb.long() + rings
         aromatic_ok = torch.where(in_bracket_now, torch.ones_like(aromatic_ok), aromatic_ok)
         p_short = p_arom & (self._deficit(parent_here) > self._at(self.to_come, parent_here) - 1)
+        p_short |= must_close & op_short.any(1)
         cols = t.element_rules
         arom_col = t.aromatic[cols][None, :]
         elem_ok = (t.budget[cols][None, :] >= need[:, None]) & (~arom_col | aromatic_ok[:, None])
         elem_ok &= arom_col | ~p_short[:, None]
+        elem_ok &= ~arom_col | (degree[:, None] <= t.max_degree[cols][None, :])
         # inside brackets: the symbol's valence (plus what a charge still to come could add) must cover
         # the bonds promised; then explicit H, the charge and its digits, as they are chosen
         in_bracket = tag == TAG_BRACKET
@@ -323,13 +428,38 @@ class SemanticState:
         soft[:, t.r_sym_ali] = soft[:, t.aliphatic_cols].any(1)     # the same inside brackets
         soft[:, t.r_sym_aro] = soft[:, t.aromatic_cols].any(1)
 
+        # Kekule parity (third tier): an atom that does not join its parent's aromatic system (aliphatic,
+        # or bonded by a bond written '-') takes the system's last bond to come; the system is then
+        # finished and must hold an even number of atoms that need a double bond (an exocyclic double
+        # bond on a c parent frees it from needing one)
+        kek = torch.ones_like(ok)
+        slots, odd, wild = self._systems()
+        e = torch.where(in_bracket_now, self.bracket_in, self.pending_in)
+        last = p_arom & ~self._system_of(wild, parent_here) & (self._system_of(slots, parent_here) == 1)
+        pidx = parent_here.clamp(min=0)[:, None]
+        flip = (e == 2) & self._needs_now(pidx).squeeze(1)
+        finish_odd = last & ((self._system_of(odd, parent_here) == 1) ^ flip)
+        dash = torch.where(in_bracket_now, self.bracket_dash, self.pending_dash)
+        joins = arom_col & ~dash[:, None]
+        bad_col = finish_odd[:, None] & ~joins
+        # the molecule's last atom closes every open ring: the systems it touches are then finished together
+        last_bad = self._last_atom_finishes_odd(slots, odd, wild, parent_here, dash, n_open, cols)
+        bad_col |= must_close[:, None] & last_bad & ~(in_bracket_now[:, None] & arom_col)  # a bracket atom is wild
+        kek[:, cols] = ~bad_col
+        kek[:, t.r_atom_ali] = kek[:, t.aliphatic_cols].any(1)
+        kek[:, t.r_atom_aro] = kek[:, t.aromatic_cols].any(1)
+        kek[:, t.r_sym_ali] = kek[:, t.aliphatic_cols].any(1)
+        kek[:, t.r_sym_aro] = kek[:, t.aromatic_cols].any(1)
+
         # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
         p = self.counts[:, t.lhs["ringbond"]]
         last = ahead == 0
         ok[:, t.r_rb_more] = ~last | (n_open > p + 1)
         ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
-        soft[:, t.r_rb_more] = (cur_free >= 1) | cur_unbudgeted
-        soft[:, t.r_bb_more] = (cur_free >= 1) | cur_unbudgeted
+        room = ~(self._at(self.aromatic, self.cur) & ~self._at(self.br_arom, self.cur)) | \
+            (self._at(self.deg, self.cur) < self._at(self.max_deg, self.cur))
+        soft[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
+        soft[:, t.r_bb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
         # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
         short = self._deficit(self.cur) > self._at(self.to_come, self.cur)
         bb_pending = self.counts[:, t.lhs["BB"]] > 0
@@ -398,7 +528,31 @@ class SemanticState:
         by_digit = (t.digit[digit_cols] - 1)
         ok[:, digit_cols] = torch.where(ring, (close_ok | open_ok)[:, by_digit], ok[:, digit_cols])
         soft[:, digit_cols] = torch.where(ring, (~is_open | pays)[:, by_digit], soft[:, digit_cols])
-        return ok, soft
+
+        # Kekule parity of ring closures: closing by an implicit bond between two aromatic atoms joins
+        # their systems (or uses two bonds of one); any other closure takes one bond of each aromatic end's
+        # system. A system left with no bond to come must hold an even number of atoms needing a double bond.
+        explicit = (rb > 0) | (order > 0)
+        x_sys = self.comp.gather(1, self.cur.clamp(min=0)[:, None])
+        o_sys = self.comp.gather(1, opener.clamp(min=0))
+        both = c_arom[:, None] & o_arom
+        same = both & (x_sys == o_sys)
+        double = both & explicit & (cost >= 2)             # a Kekule bond written out: not checked
+        dash_ring = self.ring_dash[:, None] | self.open_dash[:, 1:]
+        joined = both & (~dash_ring | same) & ~double
+        s_x, s_o = self._system_of(slots, self.cur)[:, None], self._system_of(slots, opener)
+        odd_x, odd_o = self._system_of(odd, self.cur)[:, None] == 1, self._system_of(odd, opener) == 1
+        wild_x, wild_o = self._system_of(wild, self.cur)[:, None], self._system_of(wild, opener)
+        s_after = torch.where(same, s_x - 2, s_x + s_o - 2)
+        odd_after = torch.where(same, odd_x, odd_x ^ odd_o)
+        bad = joined & ~wild_x & ~wild_o & (s_after == 0) & odd_after
+        apart = ~joined & ~double
+        flip_x = (cost == 2) & ~o_arom & self._needs_now(self.cur.clamp(min=0)[:, None])
+        flip_o = (cost == 2) & ~c_arom[:, None] & self._needs_now(opener)
+        bad |= apart & c_arom[:, None] & ~wild_x & (s_x == 1) & (odd_x ^ flip_x)
+        bad |= apart & o_arom & ~wild_o & (s_o == 1) & (odd_o ^ flip_o)
+        kek[:, digit_cols] = torch.where(ring, ~(is_open & bad)[:, by_digit], kek[:, digit_cols])
+        return ok, soft, kek
 
     # ------------------------------------------------------------------ the update
     def update(self, machine, rule: torch.Tensor) -> None:
@@ -436,6 +590,26 @@ class SemanticState:
             self.to_come[rows, a] = torch.where(new, reserved, self.to_come[rows, a])
             self.arom_nbrs[rows, a] = torch.where(new, torch.zeros_like(c_in), self.arom_nbrs[rows, a])
             organic = new & ~kind["bracket"]
+            # Kekule parity: the new atom's kind, degree, and the aromatic system it joins
+            e = self.pending_in
+            p_arom = self.aromatic[rows, pidx] & (parent >= 0)
+            arom_new = organic & t.aromatic[rule]
+            joins = arom_new & p_arom & ~self.pending_dash
+            self.elem_kind[rows, a] = torch.where(new, torch.where(organic, t.arom_kind[rule], 0), self.elem_kind[rows, a])
+            self.deg[rows, a] = torch.where(new, (parent >= 0).long() + reserved, self.deg[rows, a])
+            self.max_deg[rows, a] = torch.where(new, torch.where(arom_new, t.max_degree[rule], MAX_ATOMS), self.max_deg[rows, a])
+            self.comp[rows, a] = torch.where(new, torch.where(arom_new, torch.where(joins, self.comp[rows, pidx], a), -1),
+                                             self.comp[rows, a])
+            written_double = arom_new & p_arom & (e >= 2)
+            self.wild[rows, a] = torch.where(new, written_double, self.wild[rows, a])
+            self.br_arom[rows, a] &= ~new
+            self.h[rows, a] = torch.where(new, 0, self.h[rows, a])
+            self.q[rows, a] = torch.where(new, 0, self.q[rows, a])
+            self.wild[rows, pidx] |= written_double
+            self.exo[rows, a] = torch.where(new, arom_new & ~p_arom & (parent >= 0) & (e == 2), self.exo[rows, a])
+            self.exo[rows, pidx] |= organic & ~t.aromatic[rule] & p_arom & (e == 2)
+            self.bracket_in = torch.where(kind["bracket"], e, self.bracket_in)
+            self.bracket_dash = torch.where(kind["bracket"], self.pending_dash, self.bracket_dash)
             self.aromatic[rows, a] = torch.where(new, organic & t.aromatic[rule], self.aromatic[rows, a])
             self._link(rows, a, parent, organic)        # a bracket atom links when its symbol is known
             self.bracket_parent = torch.where(kind["bracket"], parent, self.bracket_parent)
@@ -444,6 +618,7 @@ class SemanticState:
             self.last_at_level[rows, lv] = torch.where(new, a, self.last_at_level[rows, lv])
             self.n_atoms += new.long()
             self.pending_in = torch.where(new, torch.zeros_like(c_in), self.pending_in)
+            self.pending_dash &= ~new
             self.has_next = torch.where(new, torch.zeros_like(c_in), self.has_next)
             self.has_rb &= ~new
             self.has_bb &= ~new
@@ -456,15 +631,28 @@ class SemanticState:
         self.charge_kind = torch.where(sym, t.charge_kind[rule], self.charge_kind)
         self.aromatic[rows, cidx] |= sym & t.aromatic[rule]
         self._link(rows, self.cur, self.bracket_parent, sym)
+        # an aromatic bracket atom joins its parent's aromatic system (its H and charge decide whether it
+        # needs a double bond); an aliphatic one written with '=' to an aromatic parent is exocyclic to it
+        bp = self.bracket_parent
+        bpi = bp.clamp(min=0)
+        bp_arom = self.aromatic[rows, bpi] & (bp >= 0)
+        aro_sym = sym & t.aromatic[rule]
+        joins_b = aro_sym & bp_arom & ~self.bracket_dash
+        self.comp[rows, cidx] = torch.where(aro_sym, torch.where(joins_b, self.comp[rows, bpi], cidx), self.comp[rows, cidx])
+        self.br_arom[rows, cidx] |= aro_sym
+        self.elem_kind[rows, cidx] = torch.where(sym, t.arom_kind[rule], self.elem_kind[rows, cidx])
+        self.exo[rows, bpi] |= sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)
         self.free[rows, cidx] -= kind["h"].long()
         h_digit = kind["digit"] & (tag == TAG_HCOUNT)
         self.free[rows, cidx] -= torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
+        self.h[rows, cidx] += kind["h"].long() + torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
         kc = self.charge_kind
         sign = t.charge_sign[rule]
         self.free[rows, cidx] += torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx))
         self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
         c_digit = kind["digit"] & (tag == TAG_CHARGE)
         q = self.charge_sign * t.digit[rule]
+        self.q[rows, cidx] = torch.where(kind["charge"], sign, torch.where(c_digit, q, self.q[rows, cidx]))
         self.free[rows, cidx] += torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
                                              torch.zeros_like(cidx))
         self.bracket[rows, cidx] |= kind["charge_two"]   # charges of two digits: not budgeted
@@ -473,6 +661,7 @@ class SemanticState:
         more = kind["rb_more"] | kind["bb_more"]
         self.free[rows, cidx] -= more.long()
         self.to_come[rows, cidx] += more.long()
+        self.deg[rows, cidx] += more.long()
 
         # a branch opens a new level: its first atom bonds to the owner
         br = kind["branch"]
@@ -483,6 +672,8 @@ class SemanticState:
         o = t.bond_order[rule]
         self.pending_in = torch.where(kind["bond"] & (tag == TAG_EDGE), o, self.pending_in)
         self.ring_bond = torch.where(kind["bond"] & (tag == TAG_RING), o, self.ring_bond)
+        self.pending_dash = torch.where(kind["bond"] & (tag == TAG_EDGE), t.dash[rule], self.pending_dash)
+        self.ring_dash = torch.where(kind["bond"] & (tag == TAG_RING), t.dash[rule], self.ring_dash)
 
         # ring digits: close an open ring or open a new one
         dig = kind["digit"] & (tag == TAG_RING)
@@ -498,6 +689,20 @@ class SemanticState:
             self.free[rows, cidx] -= torch.where(closing, cost - 1, torch.zeros_like(cost))
             self.free[rows, oidx] -= torch.where(closing & (rb > 1) & (order == 0), rb - 1, torch.zeros_like(rb))
             self.bonded[rows, oidx] |= closing
+            # Kekule parity: an implicit (or written double) closure between aromatic atoms joins systems
+            x_arom, o_arom = self.aromatic[rows, cidx], self.aromatic[rows, oidx] & (opener >= 0)
+            explicit = (rb > 0) | (order > 0)
+            both = closing & x_arom & o_arom
+            written_double = both & explicit & (cost >= 2)
+            dash_d = self.ring_dash | self.open_dash[rows, d]
+            merge = both & (~dash_d | written_double)
+            self.wild[rows, cidx] |= written_double
+            self.wild[rows, oidx] |= written_double
+            self.exo[rows, cidx] |= closing & (cost == 2) & x_arom & ~o_arom
+            self.exo[rows, oidx] |= closing & (cost == 2) & o_arom & ~x_arom
+            old_sys, new_sys = self.comp[rows, oidx], self.comp[rows, cidx]
+            self.comp = torch.where(merge[:, None] & (self.comp == old_sys[:, None]) & (self.comp >= 0),
+                                    new_sys[:, None], self.comp)
             self.to_come[rows, cidx] -= closing.long()   # the closer's ring bond is made
             self._link(rows, self.cur, opener, closing)  # and the opener's
             self.free[rows, cidx] -= torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))
@@ -505,7 +710,9 @@ class SemanticState:
                                                   torch.where(opening, self.cur, opener))
             self.open_order[rows, d] = torch.where(closing, torch.zeros_like(order),
                                                    torch.where(opening, rb, order))
+            self.open_dash[rows, d] = torch.where(closing, False, torch.where(opening, self.ring_dash, self.open_dash[rows, d]))
             self.ring_bond = torch.where(dig, torch.zeros_like(rb), self.ring_bond)
+            self.ring_dash &= ~dig
 
         # the stack beside the machine's: pop, then push the rule's non-terminals with level and tag
         self.counts[rows, lhs] -= active.long()
@@ -564,8 +771,7 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
             active = machine.sp > 0
             if not bool(active.any()):
                 break
-            hard, soft = machine.semantic_state.mask(machine)
-            allowed = hard & soft
+            allowed = torch.stack(machine.semantic_state.mask(machine)).all(0)
             ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
             machine.force(r[:, step])
         out.append(ok)
