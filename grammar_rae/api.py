@@ -389,18 +389,20 @@ class Model:
             bo = m.optimize("expr", iterations=1, batch=5, data_rows=500, inducing=50, gp_epochs=5)
             bo["summary"]["top3"]
         """
-        from .optimize.bo import optimize as run_bo
+        from .optimize.bo import run_bo
+        from .optimize.config import BOConfig, GPConfig
 
         if out is None:
             out = Path("bo") / "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.name}-{objective}")
-        gp_kw = {"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr, "refit_epochs": gp_refit_epochs,
-                 "backend": gp, "incumbent": incumbent, "ei_search": ei_search, "region": search_region,
-                 "region_quantile": region_quantile}
+        gp_config = GPConfig(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, backend=gp,
+                             incumbent=incumbent, ei_search=ei_search, region=search_region,
+                             region_quantile=region_quantile)
+        config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
+                          seeds=(seeds,) if isinstance(seeds, int) else tuple(seeds), n_decode=n_decode,
+                          data_rows=data_rows, gp=gp_config)
         with self._semantics_for_reloads():
-            return run_bo(self.run_dir, objective, out, target=target, iterations=iterations, batch=batch,
-                          seeds=[seeds] if isinstance(seeds, int) else list(seeds), n_decode=n_decode,
-                          device=str(self.device), gp_kw=gp_kw, progress=progress, log=log or _quiet,
-                          data_rows=data_rows, cache_dir=cache_dir, scoring=scoring)
+            return run_bo(self.run_dir, config, out, device=str(self.device), progress=progress, log=log or _quiet,
+                          cache_dir=cache_dir)
 
 
 def load(name_or_dir: str | Path, device: str = "auto", semantics: bool = True) -> Model:

@@ -29,16 +29,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import RunError, UserError  # noqa: F401  (RunError: also importable from here)
 from .io import atomic_target, atomic_write_bytes
+from .pretrained import resolve_run
 
 RUN_FORMAT = "grammar-rae-run/1"
 MAX_FILE_BYTES = 15 * 2 ** 20
 _SHARDS = "grammar_rae_shards"
-
-
-class RunError(RuntimeError, UserError):
-    """A run directory or checkpoint is missing, damaged, foreign, or unsafe to load."""
 
 
 def write_json(path: Path, obj) -> None:
@@ -263,8 +260,6 @@ def start_run(out: Path, resume: bool) -> dict | None:
 def read_run(run_dir, kind: str) -> tuple[Path, dict]:
     """(directory, run.json) of a run of ``kind`` ("grammar" or "image"), given a directory or a
     shipped pretrained NAME, with clear errors for anything foreign."""
-    from .pretrained import resolve_run
-
     run_dir = resolve_run(run_dir)
     meta = read_json(run_dir / "run.json")
     if meta.get("format") != RUN_FORMAT:

@@ -10,3 +10,11 @@ class UserError(Exception):
 
 class ConfigError(ValueError, UserError):
     """An impossible combination of settings (model, architecture, sizes, objective)."""
+
+
+class RunError(RuntimeError, UserError):
+    """A run directory or checkpoint is missing, damaged, foreign, or unsafe to load."""
+
+
+class DataFormatError(ValueError, UserError):
+    """An input file cannot be read as the format asked for."""

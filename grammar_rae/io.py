@@ -6,8 +6,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import DataFormatError
 
-def _umask() -> int:
+
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -23,7 +25,7 @@ def atomic_target(path: str | Path):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -60,8 +62,6 @@ def read_codes(path: str | Path, dim: int | None = None):
     a DataFormatError that says what is wrong with the file."""
     import numpy as np
 
-    from .data.parsed import DataFormatError
-
     try:
         if str(path).endswith(".csv"):
             z = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)
@@ -78,8 +78,6 @@ def read_codes(path: str | Path, dim: int | None = None):
 def check_codes(z, dim: int | None = None, source: str = "codes"):
     """``z`` as a finite float32 [n, dim] array, or a DataFormatError naming the problem."""
     import numpy as np
-
-    from .data.parsed import DataFormatError
 
     z = np.asarray(z)
     if z.dtype.kind not in "fiu":

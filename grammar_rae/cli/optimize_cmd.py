@@ -67,18 +67,19 @@ def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, ind
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
     for molecules, best_molecules.png. Re-running the same command resumes after the last iteration.
     """
-    from ..optimize.bo import optimize as run_bo
+    from ..optimize.bo import run_bo
+    from ..optimize.config import BOConfig, GPConfig
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
 
-    gp = {"n_inducing": inducing, "epochs": gp_epochs, "lr": gp_lr, "refit_epochs": gp_refit_epochs,
-          "backend": gp_backend, "incumbent": incumbent, "ei_search": ei_search,
-          "region": region, "region_quantile": region_quantile}
-    report = run_bo(run_dir, objective, out, target=target, iterations=iterations, batch=batch, seeds=seeds,
-                    n_decode=n_decode, device=device, gp_kw=gp, log=click.echo, data_rows=data_rows, scoring=scoring)
+    gp = GPConfig(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, backend=gp_backend,
+                  incumbent=incumbent, ei_search=ei_search, region=region, region_quantile=region_quantile)
+    config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
+                      seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, gp=gp)
+    report = run_bo(run_dir, config, out, device=device, log=click.echo)
     s = report["summary"]
     click.echo(f"fraction valid {s['fraction_valid']['mean']:.2f}, average score {s['average_score']['mean']:.3f} "
                f"(published script's averaging: {s['average_score_published']['mean']:.3f}); "

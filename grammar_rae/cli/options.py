@@ -40,7 +40,8 @@ def _set_semantics(ctx, param, value):
 semantics = click.option(
     "--semantics/--no-semantics", default=True, show_default=True, expose_value=False, callback=_set_semantics,
     help="SMILES: decode under the semantic layer as well as the grammar (ring bonds always closed, no closure "
-         "onto a bonded atom, valences kept, aromatic atoms on rings; grammar_rae/models/semantics.py). "
+         "onto a bonded atom, valences kept, aromatic atoms on rings, aromatic systems that can be kekulized; "
+         "a molecule the masks corner is decoded again by sampling; grammar_rae/models/semantics.py). "
          "--no-semantics: the context-free grammar alone, as the GrammarVAE decodes. No effect on expressions.")
 
 

@@ -21,9 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import DataFormatError, UserError  # noqa: F401  (DataFormatError: also importable from here)
 from ..grammar import Grammar, load_grammar
-from ..io import _umask
+from ..io import current_umask
 
 FORMAT_VERSION = 1
 
@@ -44,10 +44,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-class DataFormatError(ValueError, UserError):
-    """An input file cannot be read as the format asked for."""
 
 
 MAX_CHARS = 10_000  # a longer line is not a molecule or an expression: skipped, not parsed
@@ -237,7 +233,7 @@ def save_parsed(ds: ParsedDataset, where: Path) -> None:
                 "source": ds.source, "source_sha256": ds.source_sha256, "n": len(ds),
                 "max_length": ds.max_length, "skipped": ds.skipped}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders
         if where.exists():
             shutil.rmtree(where)
         os.replace(tmp, where)

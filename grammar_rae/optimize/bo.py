@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..trainer import resolve_device
 from . import trust as turbo
 from .acquisition import batched_greedy_ei, posterior_mean_incumbent
+from .config import BOConfig, GPConfig
 from .gp import SparseGP
 from .objectives import Objective, get_objective
 
@@ -155,17 +156,21 @@ def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, devi
     return most_frequent_valid(decodes, valid)
 
 
-def run_seed(net, z, y, objective: Objective, seed: int, iterations: int, batch: int, n_decode: int,
-             state_path: Path, gp_kw: dict, device, log=print, progress=True, settings: dict | None = None) -> dict:
+def run_seed(net, z, y, objective: Objective, seed: int, config: BOConfig, state_path: Path, device, log=print,
+             progress=True, settings: dict | None = None) -> dict:
     """One BO run (REFERENCE.md §5): per iteration fit, propose, decode, score, add; the state is
     saved after every iteration, so a second call with the same ``settings`` resumes."""
     maximise = objective.higher_is_better
+    iterations, batch, gp_kw = config.iterations, config.batch, config.gp.as_kw()
+    n_decode = config.decodes_per_point(net.grammar.name.startswith("smiles"))
     settings = settings or {}
     if state_path.is_file():
         state = read_json(state_path)
         gp_settings = state.get("settings", {}).get("gp")
         if isinstance(gp_settings, dict) and "ei_search" not in gp_settings:
             gp_settings["ei_search"] = "multistart"  # states from before the grid search were made by it
+        if isinstance(gp_settings, dict):
+            gp_settings.setdefault("backend", "native")  # API states from before BOConfig named no backend
         if state.get("settings", settings) != settings:
             changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
             raise ConfigError(f"{state_path.parent.parent} holds a BO run with other settings ({', '.join(changed)}); "
@@ -272,55 +277,42 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
              batch: int = 50, seeds=(1,), n_decode: int | None = None, device: str = "auto", gp_kw: dict | None = None,
              progress: bool = True, log=print, data_rows: int | None = None, cache_dir=None,
              scoring: str = "ours") -> dict:
-    """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME): see the module docstring.
-    ``gp_kw``: n_inducing, epochs, batch, lr, refit_epochs (warm refits; default: from scratch),
-    incumbent ("posterior-mean": the protocol; "observed": the best observed value), ei_search
-    ("grid": the GrammarVAE's search, the protocol; "multistart", see acquisition.py), region ("box":
-    the protocol; "density": only where a GMM of the training codes has log-density above its
-    ``region_quantile`` over them, see :func:`search_region`; "trust": TuRBO's trust region around
-    the best point so far, see trust.py), backend."""
+    """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME), from keywords: builds the
+    :class:`~grammar_rae.optimize.config.BOConfig` and runs :func:`run_bo`. ``gp_kw``: some of
+    :class:`~grammar_rae.optimize.config.GPConfig`'s fields (n_inducing, epochs, batch, lr, refit_epochs,
+    backend, incumbent, ei_search, region, region_quantile); the rest keep the protocol's values."""
+    config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
+                      seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, gp=GPConfig.from_kw(gp_kw))
+    return run_bo(run_dir, config, out, device=device, progress=progress, log=log, cache_dir=cache_dir)
+
+
+def run_bo(run_dir: str | Path, config: BOConfig, out: str | Path, device: str = "auto", progress: bool = True,
+           log=print, cache_dir=None) -> dict:
+    """One BO run as ``config`` says, on a run (or a shipped NAME): see the module docstring. Writes
+    ``out``/report.json, report.md and plots; the same call again resumes after the last iteration."""
     from ..pretrained import resolve_run
 
     run_dir, out = resolve_run(run_dir), Path(out)
-    obj = get_objective(objective, target, scoring=scoring)
+    obj = get_objective(config.objective, config.target, scoring=config.scoring)
     dev = resolve_device(device)
-    gp_kw = {"n_inducing": 500, "epochs": 50, "batch": 5000, "lr": 5e-4, "incumbent": "posterior-mean",
-             "ei_search": "grid", **{k: v for k, v in (gp_kw or {}).items() if v is not None}}
-    if gp_kw.get("region", "box") not in ("box", "density", "trust"):
-        raise ConfigError(f"unknown search region {gp_kw['region']!r} (box, density or trust)")
-    if gp_kw.get("region", "box") == "density":
-        gp_kw.setdefault("region_quantile", 0.01)
-        if gp_kw["ei_search"] != "grid" or gp_kw.get("backend", "native") != "native":
-            raise ConfigError("the density search region is searched by the grid EI search (--ei-search grid) "
-                              "of the native GP (--gp native)")
-        if not 0.0 <= gp_kw["region_quantile"] < 1.0:
-            raise ConfigError(f"the density region's quantile must be in [0, 1), got {gp_kw['region_quantile']}")
-    elif gp_kw.get("region") == "trust":
-        gp_kw.pop("region_quantile", None)
-        if gp_kw.get("backend", "native") != "native":
-            raise ConfigError("the trust region is sized by the native GP's lengthscales (--gp native)")
-    else:  # the box, the protocol: no keys, so the settings of runs from before the region resume
-        gp_kw.pop("region", None)
-        gp_kw.pop("region_quantile", None)
     out.mkdir(parents=True, exist_ok=True)
-    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, data_rows, cache_dir, progress)
-    if n_decode is None:
-        n_decode = 500 if net.grammar.name.startswith("smiles") else 25  # the GrammarVAE's choices
+    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, config.data_rows, cache_dir, progress)
+    molecules = net.grammar.name.startswith("smiles")
     # what a resumed run must share with the one it continues (more iterations are fine)
-    settings = {"objective": obj.key or obj.name, "data_rows": len(z), "batch": batch, "n_decode": n_decode,
-                "gp": {k: v for k, v in gp_kw.items()}}
-    states = [run_seed(net, z, y, obj, s, iterations, batch, n_decode, out / "state" / f"seed-{s}.json", gp_kw,
-                       dev, log, progress, settings) for s in seeds]
+    settings = config.resume_settings(obj.key or obj.name, len(z), molecules)
+    states = [run_seed(net, z, y, obj, s, config, out / "state" / f"seed-{s}.json", dev, log, progress, settings)
+              for s in config.seeds]
     summary = summarise(states, obj)
-    report = {"run": str(run_dir), "objective": obj.name, "target": target, "scoring": scoring, "iterations": iterations,
-              "batch": batch, "seeds": list(seeds), "n_decode": n_decode, "gp": gp_kw, "data_rows": len(z),
+    report = {"run": str(run_dir), "objective": obj.name, "target": config.target, "scoring": config.scoring,
+              "iterations": config.iterations, "batch": config.batch, "seeds": list(config.seeds),
+              "n_decode": config.decodes_per_point(molecules), "gp": config.gp.as_kw(), "data_rows": len(z),
               "data_best": float(y.max() if obj.higher_is_better else y.min()), "summary": summary,
               "seconds": round(sum(it.get("seconds", 0.0) for st in states for it in st["iterations"]), 1),
               "evaluations": [e for st in states for it in st["iterations"] for e in it["evaluations"]]}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     plot_progress(report, out / "best_vs_evaluations.png")
-    if net.grammar.name.startswith("smiles"):
+    if molecules:
         from ..evaluate import molecule_grid
 
         molecule_grid([t["string"] for t in summary["top3"]] +

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RunError
+
 ROOT = Path(__file__).parent
 
 
@@ -20,8 +22,6 @@ def available() -> list[str]:
 def path(name: str) -> Path:
     """The directory of a shipped pretrained run."""
     if name not in available():
-        from ..checkpoint import RunError
-
         raise RunError(f"no shipped pretrained model {name!r}; shipped: {', '.join(available()) or 'none'}")
     return ROOT / name
 
@@ -37,8 +37,6 @@ def resolve_run(run: str | Path) -> Path:
         return ROOT / str(run)
     if p.is_dir():
         return p
-    from ..checkpoint import RunError
-
     shipped = ", ".join(available()) or "none"
     raise RunError(f"{run} is neither a run directory nor a shipped pretrained model (shipped: {shipped})")
 

@@ -1,6 +1,6 @@
 """The shipped zinc-grae, measured: argmax reconstruction of the 5,000 test molecules and 1,000 GMM
 samples under RDKit. Writes quick_eval.json beside this file.    python bench/results/pretrained/zinc-grae/quick_eval.py"""
-import json, time
+import json, os, time
 from pathlib import Path
 
 import numpy as np, torch
@@ -10,7 +10,7 @@ from grammar_rae.evaluate import training_canonical
 from grammar_rae.metrics import canonical, generation_metrics
 from grammar_rae.run import decode_strings, load_density, load_run, load_split, padded_rules
 from grammar_rae.pretrained import resolve_run
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 t0=time.time()
 net, meta = load_run("zinc-grae")
 ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"]), quiet=True)

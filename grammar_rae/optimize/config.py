@@ -1,0 +1,111 @@
+"""What a BO run is asked to do, as one frozen object: the CLI and the Python API build a
+:class:`BOConfig`, the loop (bo.py) reads it, and a resumed run compares what it must share with the
+run it continues (:meth:`BOConfig.resume_settings`; more iterations or seeds are fine).
+
+Defaults are the GrammarVAE/RAE protocol (REFERENCE.md §5): a sparse GP with 500 inducing points fitted
+for 50 epochs at lr 5e-4, EI with the posterior-mean incumbent searched on a grid of the training codes'
+bounding box, 5 iterations of 50 points.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import ConfigError
+
+REGIONS = ("box", "density", "trust")
+INCUMBENTS = ("posterior-mean", "observed")
+EI_SEARCHES = ("grid", "multistart")
+BACKENDS = ("native", "botorch")
+
+
+@dataclass(frozen=True)
+class GPConfig:
+    """The surrogate and the acquisition search (bo.py's ``gp`` settings)."""
+    n_inducing: int = 500
+    epochs: int = 50
+    batch: int = 5000                     # minibatch of the sparse-GP fit
+    lr: float = 5e-4
+    refit_epochs: int | None = None       # warm refits after the first iteration (None: from scratch)
+    backend: str = "native"
+    incumbent: str = "posterior-mean"
+    ei_search: str = "grid"
+    region: str = "box"                   # where EI searches: box, density or trust (bo.py, trust.py)
+    region_quantile: float = 0.01         # density region: share of training codes left outside
+
+    def __post_init__(self):
+        for name, value, allowed in (("search region", self.region, REGIONS), ("incumbent", self.incumbent, INCUMBENTS),
+                                     ("EI search", self.ei_search, EI_SEARCHES), ("GP backend", self.backend, BACKENDS)):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} {value!r} ({', '.join(allowed)})")
+        for name in ("n_inducing", "epochs", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"the GP's {name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"the GP's learning rate must be positive, got {self.lr}")
+        if self.region == "density":
+            if self.ei_search != "grid" or self.backend != "native":
+                raise ConfigError("the density search region is searched by the grid EI search (--ei-search grid) "
+                                  "of the native GP (--gp native)")
+            if not 0.0 <= self.region_quantile < 1.0:
+                raise ConfigError(f"the density region's quantile must be in [0, 1), got {self.region_quantile}")
+        if self.region == "trust" and self.backend != "native":
+            raise ConfigError("the trust region is sized by the native GP's lengthscales (--gp native)")
+
+    @classmethod
+    def from_kw(cls, kw: dict | None) -> "GPConfig":
+        """From a dict of some of the fields (None values: the default); an unknown key is refused."""
+        kw = {k: v for k, v in (kw or {}).items() if v is not None}
+        unknown = sorted(set(kw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown GP setting(s) {', '.join(unknown)}")
+        return cls(**kw)
+
+    def as_kw(self) -> dict:
+        """The settings as the loop reads them and a run's state records them: the region's keys only
+        for the regions that have them, ``refit_epochs`` only when set (so that the states of runs made
+        before these keys existed resume)."""
+        kw = asdict(self)
+        if self.refit_epochs is None:
+            kw.pop("refit_epochs")
+        if self.region == "box":
+            kw.pop("region")
+        if self.region != "density":
+            kw.pop("region_quantile")
+        return kw
+
+
+@dataclass(frozen=True)
+class BOConfig:
+    """One BO run: the objective, the loop's sizes and the GP (:class:`GPConfig`)."""
+    objective: str
+    target: str | None = None             # --objective expr: the expression to fit
+    scoring: str = "ours"                 # expressions: "gvae" scores as the published Python 2 code did
+    iterations: int = 5
+    batch: int = 50
+    seeds: tuple = (1,)
+    n_decode: int | None = None           # decodes per point (None: 500 molecules / 25 expressions)
+    data_rows: int | None = None          # fit on a seeded sample of the data (None: all, the protocol)
+    gp: GPConfig = field(default_factory=GPConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        if self.iterations < 0 or self.batch < 1:
+            raise ConfigError(f"iterations must be >= 0 and batch >= 1, got {self.iterations} and {self.batch}")
+        if self.n_decode is not None and self.n_decode < 1:
+            raise ConfigError(f"--n-decode must be at least 1, got {self.n_decode}")
+        if self.data_rows is not None and self.data_rows < 2:
+            raise ConfigError(f"--data-rows must be at least 2, got {self.data_rows}")
+        if self.scoring not in ("ours", "gvae"):
+            raise ConfigError(f"unknown scoring {self.scoring!r} (ours or gvae)")
+        if not isinstance(self.gp, GPConfig):
+            raise ConfigError("BOConfig.gp must be a GPConfig")
+
+    def decodes_per_point(self, molecules: bool) -> int:
+        return self.n_decode if self.n_decode is not None else (500 if molecules else 25)  # the GrammarVAE's
+
+    def resume_settings(self, objective_key: str, rows: int, molecules: bool) -> dict:
+        """What a resumed run must share with the run it continues (recorded in each seed's state)."""
+        return {"objective": objective_key, "data_rows": rows, "batch": self.batch,
+                "n_decode": self.decodes_per_point(molecules), "gp": self.gp.as_kw()}
