@@ -27,12 +27,21 @@ tests run all of ZINC250k through it):
     branches; a bond's order must fit the budget of the atom it leaves from; an atom takes another
     ring bond or branch only while its budget allows;
   - an aromatic atom lies on a ring, so it needs at least two bonds (incoming, successor, ring bonds,
-    branches).
+    branches); an aromatic c or n has at most three neighbours;
+  - Kekule parity: aromatic atoms joined by bonds not written '-' form systems (`comp`, labels merged
+    as ring closures join them); a Kekule structure pairs the atoms that need a double bond (c without an
+    exocyclic one, n with two bonds, a bracket atom whose valence leaves one bond free) along the
+    system's bonds, so a system with no bond left to come must hold an even number of them. The rule that
+    would finish a system odd is refused: the atom that takes its last bond, the ring closure that
+    uses it, or the element of the molecule's last atom (which closes every open ring).
+Rows where a tier leaves no rule at some step are flagged (`StackMachine.cornered`) and decoded again
+by sampling (GrammarAE.decode).
 Bracket atoms are budgeted from their symbol, explicit H and charge (an ion has the valences of the
 element with its electron count; charges of two digits are not budgeted). Valences are RDKit's largest default ones, with
 every bond between aromatic atoms counted as 1 (a lower bound on its true order): the check is sound.
-The ring-structure constraints and the valence/aromaticity ones are two tiers: if both together would
-leave no rule at a step, the ring structure alone is kept, and if that leaves none, the grammar's mask.
+The ring-structure constraints, the valence/aromaticity ones and the Kekule parity are three tiers: at
+each step the strongest that leaves a rule is used (all three, then the first two, then the ring
+structure, then the grammar's mask alone).
 """
 from __future__ import annotations
 
@@ -354,7 +363,8 @@ class SemanticState:
         return (self.counts * self.t.ahead).sum(1) - self.t.ahead[lhs]
 
     # ------------------------------------------------------------------ the mask
-    def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor]:
+    def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, R] bool masks of the three tiers: ring structure, valence/aromaticity, Kekule parity."""
         t, B = self.t, self.B
         lhs = machine.top()
         level, tag = self._top(machine)
