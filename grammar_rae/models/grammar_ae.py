@@ -222,7 +222,8 @@ class GrammarAE(nn.Module):
             done = 0
             while done < n:
                 k = min(per_call, n - done)
-                out = self.decode(z.repeat(k, 1), sample, temperature, generator)
+                # many decodes per point already: a cornered one is not decoded again (GrammarAE.decode)
+                out = self._decode_once(z.repeat(k, 1), sample, temperature, generator, True)
                 B = len(z)
                 for j in range(k):
                     rows = slice(j * B, (j + 1) * B)
@@ -247,7 +248,8 @@ class GrammarAE(nn.Module):
         (temperature ``redecode_temperature``), ``redecodes`` copies of it in one batch, keeping the first
         copy that no mask had to give way in; a row that gets none keeps its first decode. A true derivation is
         never cornered (the masks admit every real molecule), so this changes only decodes that were
-        already wrong. Seeded: the same codes give the same strings."""
+        already wrong. Seeded: the same batch of codes gives the same strings (a re-decoded row's draws
+        depend on the other rows re-decoded with it)."""
         out = self._decode_once(z, sample, temperature, generator, strings)
         if out.cornered is None or not self.redecodes or not bool(out.cornered.any()):
             return out

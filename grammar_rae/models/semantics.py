@@ -652,6 +652,7 @@ class SemanticState:
         self.br_arom[rows, cidx] |= aro_sym
         self.elem_kind[rows, cidx] = torch.where(sym, t.arom_kind[rule], self.elem_kind[rows, cidx])
         self.exo[rows, bpi] |= sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)
+        self.exo[rows, cidx] |= aro_sym & ~bp_arom & (bp >= 0) & (self.bracket_in == 2)   # O=[n+]1...: N-oxide
         self.free[rows, cidx] -= kind["h"].long()
         h_digit = kind["digit"] & (tag == TAG_HCOUNT)
         self.free[rows, cidx] -= torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
