@@ -262,15 +262,14 @@ class GrammarAE(nn.Module):
         rules, complete, cornered = out.rules.clone(), out.complete.clone(), out.cornered.clone()
         texts = list(out.strings) if out.strings is not None else None
         T = min(rules.shape[1], again.rules.shape[1])
-        for j, c in enumerate(first.tolist()):
-            if c < 0:
-                continue
-            i, src = int(rows[j]), j * k + c
-            rules[i] = self.grammar.padding_index
-            rules[i, :T] = again.rules[src, :T]
-            complete[i], cornered[i] = True, False
-            if texts is not None:
-                texts[i] = again.strings[src]
+        got = first >= 0
+        dst, src = rows[got], (torch.arange(len(rows), device=z.device)[got] * k + first[got])
+        rules[dst] = self.grammar.padding_index
+        rules[dst, :T] = again.rules[src, :T]
+        complete[dst], cornered[dst] = True, False
+        if texts is not None:
+            for i, j in zip(dst.tolist(), src.tolist()):
+                texts[i] = again.strings[j]
         return Decoded(rules, complete, texts, cornered)
 
     def _decode_once(self, z, sample, temperature, generator, strings) -> Decoded:

@@ -121,7 +121,10 @@ class SmilesSemantics:
         # for the Kekule parity: which aromatic element (c needs a double bond in a Kekule structure unless
         # it has an exocyclic one; n needs one with two bonds; o and s never do)
         self.max_degree = column({r: MAX_DEGREE[e] for r, e, a in elements if a})
-        self.arom_kind = column({r: {"c": KIND_C, "n": KIND_N, "o": KIND_O, "s": KIND_S}[e] for r, e, a in elements if a})
+        arom_kinds = {"c": KIND_C, "n": KIND_N, "o": KIND_O, "s": KIND_S}
+        self.arom_kind = column({r: arom_kinds[e] for r, e, a in elements if a})
+        # the same bound by aromatic kind (what an atom's elem_kind looks up; none for KIND_NONE)
+        self.kind_max_degree = torch.tensor([MAX_ATOMS] + [MAX_DEGREE[e] for e in arom_kinds])
         self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
         self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
         # bracket atoms: what charge does to an element's valence (RDKit: an ion has the valences of the
@@ -238,7 +241,6 @@ class SemanticState:
         self.wild = z(B, MAX_ATOMS, dtype=torch.bool)
         self.br_arom = z(B, MAX_ATOMS, dtype=torch.bool)  # an aromatic bracket atom: its H and charge count
         self.h, self.q = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
-        self.max_deg = z(B, MAX_ATOMS, v=MAX_ATOMS)        # of aromatic organic atoms
         self.rows = torch.arange(B, device=device)
 
     # ------------------------------------------------------------------ helpers
@@ -326,15 +328,14 @@ class SemanticState:
         out = table.gather(1, lab)
         return out.squeeze(1) if squeeze else out
 
-    def _last_atom_finishes_odd(self, slots, odd, wild, parent, dash, n_open, cols):
+    def _last_atom_finishes_odd(self, slots, odd, wild, parent, dash, n_open, o_arom, cols):
         """[B, len(cols)] for the molecule's last atom X (nothing can follow it, so its ring bonds close
         every open ring, by implicit bonds as far as is known now): whether element ``cols`` would leave a
         finished aromatic system with an odd number of atoms needing a double bond. An aromatic X joins
-        its parent's system (bond not written '-') and those of its aromatic ring openers into one."""
-        t, B = self.t, self.B
-        opener = self.open_atom
-        o_arom = self.aromatic.gather(1, opener.clamp(min=0)) & (opener >= 0)
-        o_lab = self.comp.gather(1, opener.clamp(min=0))
+        its parent's system (bond not written '-') and those of its aromatic ring openers (``o_arom``
+        [B, 9]: the open rings' openers that are aromatic) into one."""
+        t = self.t
+        o_lab = self.comp.gather(1, self.open_atom.clamp(min=0))
         p_arom = self._at(self.aromatic, parent) & (parent >= 0)
         p_lab = self._at(self.comp, parent)
         zero = torch.zeros_like(self.comp)
@@ -453,7 +454,7 @@ class SemanticState:
         joins = arom_col & ~dash[:, None]
         bad_col = finish_odd[:, None] & ~joins
         # the molecule's last atom closes every open ring: the systems it touches are then finished together
-        last_bad = self._last_atom_finishes_odd(slots, odd, wild, parent_here, dash, n_open, cols)
+        last_bad = self._last_atom_finishes_odd(slots, odd, wild, parent_here, dash, n_open, op_arom, cols)
         bad_col |= must_close[:, None] & last_bad & ~(in_bracket_now[:, None] & arom_col)  # a bracket atom is wild
         kek[:, cols] = ~bad_col
         kek[:, t.r_atom_ali] = kek[:, t.aliphatic_cols].any(1)
@@ -467,7 +468,7 @@ class SemanticState:
         ok[:, t.r_rb_more] = ~last | (n_open > p + 1)
         ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
         room = ~(self._at(self.aromatic, self.cur) & ~self._at(self.br_arom, self.cur)) | \
-            (self._at(self.deg, self.cur) < self._at(self.max_deg, self.cur))
+            (self._at(self.deg, self.cur) < t.kind_max_degree[self._at(self.elem_kind, self.cur)])
         soft[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
         soft[:, t.r_bb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
         # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
@@ -607,7 +608,6 @@ class SemanticState:
             joins = arom_new & p_arom & ~self.pending_dash
             self.elem_kind[rows, a] = torch.where(new, torch.where(organic, t.arom_kind[rule], 0), self.elem_kind[rows, a])
             self.deg[rows, a] = torch.where(new, (parent >= 0).long() + reserved, self.deg[rows, a])
-            self.max_deg[rows, a] = torch.where(new, torch.where(arom_new, t.max_degree[rule], MAX_ATOMS), self.max_deg[rows, a])
             self.comp[rows, a] = torch.where(new, torch.where(arom_new, torch.where(joins, self.comp[rows, pidx], a), -1),
                                              self.comp[rows, a])
             written_double = arom_new & p_arom & (e >= 2)
