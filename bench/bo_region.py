@@ -11,7 +11,7 @@ gp: the sparse GP of the BO's first iteration (10 epochs at lr 5e-3, the tables'
 on the seed's training split in several ways; for each, the test RMSE / log-likelihood and the min / max
 of the posterior mean over 10,000 uniform points of the training codes' box (scores lie in the data's
 range; the min is the protocol's EI incumbent). decode: ``--n`` uniform points of the box and ``--n``
-points of the density region's grid (``bo.search_region`` on all codes, 1% quantile), each decoded 500 times
+points of the density region's grid (``regions.fit_density_region`` on all codes, 1% quantile), each decoded 500 times
 (the molecule protocol), the most frequent valid string kept. target: the best-scoring data string's
 code and points around it at 0.1, 0.3 and 1.0 code standard deviations, decoded 25 times each.
 trust: per seed, the trust region's first centre (the best string of the seed's training split),
@@ -122,14 +122,15 @@ def _row(gp, z, y, tr, te, box, best) -> str:
 
 def decodes(bo_dir: Path, run: str, n: int) -> None:
     from grammar_rae.optimize.acquisition import Region
-    from grammar_rae.optimize.bo import decode_points, search_region
+    from grammar_rae.optimize.bo import decode_points
+    from grammar_rae.optimize.regions import fit_density_region
     from grammar_rae.optimize.objectives import get_objective
     from grammar_rae.pretrained import resolve_run
     from grammar_rae.run import load_run
 
     z, _, _, _ = _folder(bo_dir, 1)
     # the region and grid `--search-region density` uses (fitted on all codes here, not a seed's split)
-    space = Region(z.min(0), z.max(0), *search_region(z, 0.01, seed=0))
+    space = Region(z.min(0), z.max(0), *fit_density_region(z, 0.01, seed=0))
     region = space.grid(n, torch.Generator().manual_seed(1)).numpy()
     box = Region(z.min(0), z.max(0)).grid(n, torch.Generator().manual_seed(0)).numpy()
     net, _ = load_run(resolve_run(run), device="cpu")

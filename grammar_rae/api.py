@@ -23,7 +23,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .errors import ConfigError, UserError
-from .run import _encode_with, decode_strings, load_density, load_run
+from .run import decode_strings, encode_strings, load_run
+from .rundir import RunDir
 from .trainer import resolve_device
 
 
@@ -131,7 +132,8 @@ class Model:
     """A trained grammar autoencoder with its run directory; made by :func:`load` and :func:`train`.
 
     ``net`` is the :class:`~grammar_rae.models.grammar_ae.GrammarAE`, ``meta`` its run.json (plus the
-    checkpoint loaded), ``run_dir`` where it lives. Densities are read on first use and kept.
+    checkpoint loaded), ``run`` its :class:`~grammar_rae.rundir.RunDir` (``run_dir``: where it lives).
+    Densities are read on first use and kept.
 
     Example::
 
@@ -140,16 +142,16 @@ class Model:
         m.decode(m.encode(["sin( x ) + 1"]))            # ['sin( x ) + 1'] back
     """
 
-    def __init__(self, net, meta: dict, run_dir: Path, semantics: bool = True):
+    def __init__(self, net, meta: dict, run: RunDir | Path, semantics: bool = True):
         from .grammar import load_grammar
 
-        self.net, self.meta, self.run_dir = net, meta, Path(run_dir)
+        self.run = run if isinstance(run, RunDir) else RunDir(run, meta)
+        self.net, self.meta, self.run_dir = net, meta, self.run.path
         self.net.semantics = bool(semantics)
         base = meta.get("base_grammar", net.grammar.name)
         # the character baseline decodes in its token-level grammar; only the real one's strings are valid
         self._base_grammar = None if base == net.grammar.name else load_grammar(base)
         self.molecules = base == "smiles"
-        self._densities: dict = {}
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -197,15 +199,25 @@ class Model:
                 f"latent {c.latent_dim}, {self.device}, semantics {'on' if self.semantics else 'off'})")
 
     # ------------------------------------------------------------------ codes and strings
-    def _encode(self, strings: list, batch: int) -> tuple[np.ndarray, list[BadString]]:
-        """Codes [len(strings), d] with NaN rows, and the strings that got none."""
+    def encode_checked(self, strings, batch: int = 1000) -> tuple[np.ndarray, list[BadString]]:
+        """:meth:`encode` for callers that report bad strings themselves (the CLI names their lines):
+        the codes ``[len(strings), latent_dim]`` with NaN rows, and the :class:`BadString` of each of
+        those rows, in order; nothing is warned or raised.
+
+        Example::
+
+            m = grammar_rae.load("expr-grae")
+            z, bad = m.encode_checked(["x + 1", "sin( x"])
+            bad[0].index, bad[0].reason                     # 1, "cannot parse ..."
+        """
+        strings = list(strings)
         texts = [i for i, s in enumerate(strings) if isinstance(s, str)]
         bad = [BadString(i, s, f"not a string ({type(s).__name__})") for i, s in enumerate(strings)
                if not isinstance(s, str)]
-        z_ok, kept, errors = _encode_with(self.net, [strings[i] for i in texts], batch)
+        z_ok, kept, errors = encode_strings(self.net, [strings[i] for i in texts], batch)
         z = np.full((len(strings), self.latent_dim), np.nan, dtype=np.float32)
         z[[texts[k] for k in kept]] = z_ok
-        too_long = f"its derivation is longer than the {self.config.max_length} steps this model decodes"
+        too_long = "longer than the decoder can produce"   # (config.max_length steps; the CLI prints this)
         bad += [BadString(texts[k], strings[texts[k]], str(e) if e is not None else too_long) for k, e in errors]
         return z, sorted(bad)
 
@@ -228,7 +240,7 @@ class Model:
             raise ConfigError(f"errors must be 'warn', 'raise' or 'ignore', not {errors!r}")
         single = isinstance(strings, str)
         strings = [strings] if single else list(strings)
-        z, bad = self._encode(strings, batch)
+        z, bad = self.encode_checked(strings, batch)
         if bad and errors == "raise":
             raise EncodeError(bad, len(strings))
         if bad and errors == "warn":
@@ -293,7 +305,7 @@ class Model:
         from .metrics import canonical
 
         strings = list(strings)
-        z, bad = self._encode(strings, batch)
+        z, bad = self.encode_checked(strings, batch)
         back = self.decode(z, batch=batch)
         why = {b.index: b.reason for b in bad}
         ok = [i for i in range(len(strings)) if i not in why]
@@ -323,7 +335,7 @@ class Model:
     @property
     def densities(self) -> list[str]:
         """The densities :meth:`density` can give: ``prior`` and those fitted in the run's density/."""
-        return ["prior", *sorted(p.stem for p in (self.run_dir / "density").glob("*.json"))]
+        return self.run.densities
 
     def density(self, kind: str = "gmm"):
         """The ex-post density ``kind`` of the run (read once, checksums verified, then kept): an
@@ -336,9 +348,7 @@ class Model:
             z = q.sample(10, seed=0)
             q.log_prob(z), m.decode(z)
         """
-        if kind not in self._densities:
-            self._densities[kind] = load_density(self.run_dir, kind, self.latent_dim)
-        return self._densities[kind]
+        return self.run.density(kind, self.latent_dim)
 
     # ------------------------------------------------------------------ the library's long jobs
     @contextmanager
@@ -415,11 +425,9 @@ def load(name_or_dir: str | Path, device: str = "auto", semantics: bool = True) 
         m = grammar_rae.load("zinc-grae")
         m.decode(m.encode(["CC(=O)Nc1ccc(O)cc1"]))
     """
-    from .pretrained import resolve_run
-
-    run_dir = resolve_run(name_or_dir)
-    net, meta = load_run(run_dir, device=resolve_device(device))
-    return Model(net, meta, run_dir, semantics)
+    run = RunDir.open(name_or_dir, "grammar")
+    net, meta = load_run(run, device=resolve_device(device))
+    return Model(net, meta, run, semantics)
 
 
 def train(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, *, limit: int | None = None,

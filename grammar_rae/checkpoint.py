@@ -1,4 +1,4 @@
-"""The one checkpoint format, and run directories.
+"""The one checkpoint format (the run directory around it: rundir.py).
 
 A run directory holds ``run.json`` (format tag, model and training configs, grammar hash), and in
 ``checkpoints/`` two commits, ``last.json`` and ``best.json``. Each names the files of its version --
@@ -31,7 +31,6 @@ import torch
 
 from .errors import RunError, UserError  # noqa: F401  (RunError: also importable from here)
 from .io import atomic_target, atomic_write_bytes
-from .pretrained import resolve_run
 
 RUN_FORMAT = "grammar-rae-run/1"
 MAX_FILE_BYTES = 15 * 2 ** 20
@@ -241,34 +240,8 @@ def load_model_state(model: torch.nn.Module, path: Path, sha256: dict | None = N
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 
-# ---------------------------------------------------------------------------------------- run directories
-def start_run(out: Path, resume: bool) -> dict | None:
-    """The run.json of ``out`` when resuming it (None when there is none yet); refuses to train into
-    a folder that already holds a run unless ``resume``."""
-    out = Path(out)
-    exists = (out / "run.json").is_file()
-    if exists and not resume:
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not exists:
-        return None
-    meta = read_json(out / "run.json")
-    if meta.get("format") != RUN_FORMAT:
-        raise RunError(f"{out}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
-    return meta
-
-
-def read_run(run_dir, kind: str) -> tuple[Path, dict]:
-    """(directory, run.json) of a run of ``kind`` ("grammar" or "image"), given a directory or a
-    shipped pretrained NAME, with clear errors for anything foreign."""
-    run_dir = resolve_run(run_dir)
-    meta = read_json(run_dir / "run.json")
-    if meta.get("format") != RUN_FORMAT:
-        raise RunError(f"{run_dir}/run.json is not a grammar-rae run (format {meta.get('format')!r})")
-    if meta.get("kind", "grammar") != kind:
-        raise RunError(f"{run_dir} is an {meta.get('kind', 'grammar')} run, not a {kind} run")
-    return run_dir, meta
-
-
+# ---------------------------------------------------------------------------------------- checkpoint folders
+# (run directories as a whole: rundir.py)
 def checkpoint_weights(ckpt: Path, which: str) -> tuple[Path, dict]:
     """(weights file, commit JSON) of checkpoint ``which`` ("last" or "best") in a checkpoints folder:
     the file the JSON names (versioned), or ``WHICH.safetensors`` for runs written before that."""
@@ -300,15 +273,3 @@ def prune_checkpoints(ckpt: Path) -> list[str]:
             p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
-
-
-def load_checkpoint(model: torch.nn.Module, run_dir: Path, which: str = "best") -> str:
-    """Load ``checkpoints/{which}`` (or ``last`` when there is no such checkpoint) into ``model``,
-    checked against the checksums its JSON recorded; returns the name loaded."""
-    ckpt = Path(run_dir) / "checkpoints"
-    name = which
-    if not (ckpt / f"{which}.json").is_file() or not checkpoint_weights(ckpt, which)[0].is_file():
-        name = "last"
-    path, meta = checkpoint_weights(ckpt, name)
-    load_model_state(model, path, meta.get("sha256"))
-    return name

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import RUN_FORMAT, RunError, load_checkpoint, read_run, start_run, write_json
+from .checkpoint import RUN_FORMAT, RunError, write_json
 from .data.images import load_images
 from .density import ExPostDensity, make_density
 from .models.family import family
 from .models.image_ae import LATENT, ImageAE, ImageAEConfig, padded_size
+from .plots import plot_history
+from .rundir import RunDir
 from .trainer import Trainer, TrainConfig
 
 DEFAULT_BACKBONE = {"digits": "small", "mnist": "paper", "cifar10": "paper", "celeba": "celeba"}
@@ -34,7 +36,8 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
     out = Path(out)
     train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
                                  grad_clip=0.0, amp=torch.cuda.is_available(), recon_rows=0)
-    meta = start_run(out, resume)
+    existing = RunDir.start(out, resume)
+    meta = existing.meta if existing is not None else None
     splits = load_images(dataset, path=data, seed=train.seed, cache_dir=cache_dir)
     if meta is not None:
         limit = meta.get("limit")
@@ -60,26 +63,26 @@ def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=No
         f"{len(splits.val)} val / {len(splits.test)} test images")
     trainer = Trainer(net, splits.train, splits.val, train, out, progress=progress, log=log)
     trainer.fit(resume=resume)
-    from .run import plot_history
-
     plot_history(trainer.history, out / "loss.png")
-    net = load_image_run(out)[0]
+    run = RunDir.open(out, "image")
+    net = load_image_run(run)[0]
     z = encode_images(net, splits.train)
     kinds = ("gaussian", "gmm") + (("two-stage",) if family(config.model).n_column == "two-stage" else ())
     for kind in kinds:
         log(f"fitting the {kind} density on {len(z):,} training codes")
-        make_density(kind, k=10, seed=train.seed).fit(z).save(out / "density" / kind)
+        run.save_density(kind, make_density(kind, k=10, seed=train.seed).fit(z))
     return out
 
 
-def load_image_run(run_dir, device="cpu"):
-    run_dir, meta = read_run(run_dir, "image")
+def load_image_run(run, device="cpu"):
+    """(network, run.json) of an image run directory or :class:`RunDir`."""
+    run = RunDir.open(run, "image")
     try:
-        net = ImageAE(ImageAEConfig(**meta["model"]))
+        net = ImageAE(ImageAEConfig(**run.meta["model"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise RunError(f"{run_dir}/run.json: invalid model description ({e})") from e
-    load_checkpoint(net, run_dir)
-    return net.eval().to(device), meta
+        raise RunError(f"{run.path}/run.json: invalid model description ({e})") from e
+    run.load_weights(net)
+    return net.eval().to(device), run.meta
 
 
 @torch.no_grad()
@@ -105,21 +108,19 @@ def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def density_for(run_dir: Path, net: ImageAE, kind: str) -> ExPostDensity:
+def density_for(run, net: ImageAE, kind: str) -> ExPostDensity:
     """The density behind a column: ``gaussian`` means the "N" column (the prior for VAE/WAE, the
     second stage for the 2s-VAE: the model family's ``n_column``)."""
     if kind == "gaussian":
         kind = family(net.config.model).n_column
-    if kind == "prior":
-        return make_density("prior").fit(None, dim=net.config.latent_dim)
-    return ExPostDensity.load(run_dir / "density" / kind)
+    return RunDir.open(run, "image").density(kind, net.config.latent_dim)
 
 
 def sample_images(run_dir, n: int, density: str = "gmm", seed: int = 0) -> torch.Tensor:
-    run_dir = Path(run_dir)
-    net, meta = load_image_run(run_dir)
+    run = RunDir.open(run_dir, "image")
+    net, meta = load_image_run(run)
     size = meta["image_shape"][-1]  # no need to load the data set to sample
-    z = density_for(run_dir, net, density).sample(n, seed=seed)
+    z = density_for(run, net, density).sample(n, seed=seed)
     return to_uint8(decode_images(net, z), size)
 
 
@@ -130,8 +131,9 @@ def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, 
     from .data.parsed import cache_root
     from .fid import feature_extractor, frechet_distance
 
-    run_dir = Path(run_dir)
-    net, meta = load_image_run(run_dir)
+    run = RunDir.open(run_dir, "image")
+    run_dir = run.path
+    net, meta = load_image_run(run)
     splits = load_images(meta["dataset"], path=meta["data"] or None, seed=meta["train"]["seed"],
                          cache_dir=cache_dir)
     size = splits.shape[-1]
@@ -142,8 +144,8 @@ def evaluate_image_run(run_dir, n: int = 10_000, seed: int = 0, cache_dir=None, 
     pairs = rng.integers(len(test), size=(len(test), 2))
     images = {
         "rec": to_uint8(decode_images(net, z_test), size),
-        "n": to_uint8(decode_images(net, density_for(run_dir, net, "gaussian").sample(len(test), seed)), size),
-        "gmm": to_uint8(decode_images(net, density_for(run_dir, net, "gmm").sample(len(test), seed)), size),
+        "n": to_uint8(decode_images(net, density_for(run, net, "gaussian").sample(len(test), seed)), size),
+        "gmm": to_uint8(decode_images(net, density_for(run, net, "gmm").sample(len(test), seed)), size),
         "interp": to_uint8(decode_images(net, (z_test[pairs[:, 0]] + z_test[pairs[:, 1]]) / 2), size),
     }
     test_features = features(test)

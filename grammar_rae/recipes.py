@@ -50,13 +50,17 @@ RECIPES: dict[tuple[str, str, str], Recipe] = {
 
 
 def recipe(grammar: str, arch: str = "teacher-forced", device: str = "cpu") -> Recipe:
-    """The recipe for a grammar (shipped name; others use the SMILES sizes), an architecture and a device
-    kind ("cpu", "cuda"; anything else is treated as cpu)."""
+    """The recipe for a grammar (shipped name; others use the SMILES sizes), a registered architecture
+    (models/architectures.py; one without recipes of its own uses those of its ``recipe_from``) and a
+    device kind ("cpu", "cuda"; anything else is treated as cpu)."""
+    from .models.architectures import architecture
+
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     base = grammar if grammar in ("expr", "smiles") else "smiles"
-    for key in ((base, arch, kind), (base, arch, "any")):
-        if key in RECIPES:
-            return RECIPES[key]
+    for name in dict.fromkeys((arch, architecture(arch).recipe_from)):
+        for key in ((base, name, kind), (base, name, "any")):
+            if key in RECIPES:
+                return RECIPES[key]
     raise ConfigError(f"no recipe for the {arch!r} architecture")
 
 

@@ -1,25 +1,22 @@
-"""Grammar-model runs: train into a run directory, load one back safely, sample from it.
-
-A run directory is self-contained: ``run.json`` (configs, data provenance, split sizes),
-``grammar.cfg`` (the grammar it was trained with; its sha256 is checked on load), ``split.npz``
-(row indices of train/val/test in the prepared dataset), ``checkpoints/`` (see checkpoint.py),
-``density/`` (ex-post densities fitted on the training codes) and ``loss.png``.
+"""Grammar-model runs: train into a run directory and load one back safely (the directory itself:
+rundir.py; the object users hold: api.py's Model).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import RUN_FORMAT, RunError, load_checkpoint, read_json, read_run, start_run, write_json
+from .checkpoint import RUN_FORMAT, RunError, write_json
 from .data.shipped import resolve_source
-from .density import DensityError, ExPostDensity, make_density
+from .density import ExPostDensity, make_density
 from .errors import ConfigError
-from .grammar import Grammar, GrammarError, load_grammar
+from .grammar import Grammar, load_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
+from .plots import plot_history
+from .rundir import RunDir
 from .trainer import Trainer, TrainConfig, distributed, resolve_device
 
 MIN_ROWS = 20
@@ -88,7 +85,8 @@ def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides
     chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
     explicit_train = train is not None
     train = train or train_config(grammar, arch)
-    meta = start_run(out, resume)
+    existing = RunDir.start(out, resume)
+    meta = existing.meta if existing is not None else None
     if meta is None:
         return _Plan(grammar, model, data, limit, train, None, {**chosen.model, **overrides})
     # A resumed run keeps its own settings (its recipe's, not today's defaults); the caller's per-invocation
@@ -203,15 +201,7 @@ def _refuse_what_cannot_apply(out: Path, config: GrammarAEConfig, meta: dict, ov
 
 def load_split(run_dir: Path, meta: dict):
     """(train, val, test) row indices of a run, checked against the sha256 run.json recorded."""
-    from .checkpoint import verify_files
-
-    if "split_sha256" in meta:
-        verify_files(run_dir, {"split.npz": meta["split_sha256"]})
-    try:
-        with np.load(run_dir / "split.npz", allow_pickle=False) as f:
-            return f["train"], f["val"], f["test"]
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        raise RunError(f"{run_dir}/split.npz is not a readable split ({e})") from e
+    return RunDir(run_dir, meta).split()
 
 
 def padded_rules(ds, length: int, rows) -> torch.Tensor:
@@ -271,63 +261,23 @@ def fit_densities(net: GrammarAE, train_rules: torch.Tensor, out: Path, device="
     make_density("gmm", k=min(k, len(z))).fit(z).save(out / "density" / "gmm")
 
 
-def plot_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in sorted(k for k in history[0] if k.startswith("train_") or k == "val_rec"):
-        ax.plot(epochs, [h[key] for h in history], label=key, marker="o", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_yscale("symlog")
-    ax.legend()
-    ax.set_title(f"loss terms ({path.parent.name})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def load_run(run_dir: str | Path, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
-    """The trained model of a run directory (or a shipped pretrained NAME), with clear errors for
-    anything damaged or foreign."""
-    run_dir, meta = read_run(run_dir, "grammar")
+def load_run(run, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
+    """The trained model of a run directory, shipped pretrained NAME or :class:`RunDir`, with clear
+    errors for anything damaged or foreign; ``meta`` is its run.json plus the checkpoint loaded."""
+    run = RunDir.open(run, "grammar")
     try:
-        text = (run_dir / "grammar.cfg").read_text(encoding="utf-8")
-        if hashlib.sha256(text.encode()).hexdigest() != meta["grammar_sha256"]:
-            raise RunError(f"{run_dir}/grammar.cfg differs from the grammar this run was trained with")
-        g = Grammar(text, name=meta["grammar"], path=str(run_dir / "grammar.cfg"))
-        net = GrammarAE(GrammarAEConfig.from_dict(meta["model"]), g)
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, GrammarError) as e:
-        if isinstance(e, RunError):
-            raise
-        raise RunError(f"{run_dir}: run description is incomplete or invalid ({e})") from e
-    meta = {**meta, "checkpoint": load_checkpoint(net, run_dir, which)}   # the name loaded: best, or last
+        net = GrammarAE(GrammarAEConfig.from_dict(run.meta["model"]), run.grammar())
+    except RunError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{run.path}: run description is incomplete or invalid ({e})") from e
+    meta = {**run.meta, "checkpoint": run.load_weights(net, which)}   # the name loaded: best, or last
     return net.eval().to(device), meta
 
 
-def load_density(run_dir: str | Path, kind: str, dim: int) -> ExPostDensity:
-    from .pretrained import resolve_run
-
-    if kind == "prior":
-        return make_density("prior").fit(None, dim=dim)
-    try:
-        return ExPostDensity.load(resolve_run(run_dir) / "density" / kind)
-    except DensityError as e:
-        raise RunError(f"{run_dir}: no usable {kind} density ({e}); train the run to the end first") from e
-
-
-def sample_run(run_dir: str | Path, n: int, density: str = "gmm", seed: int = 0, stochastic: bool = False,
-               temperature: float = 1.0, device="auto", batch: int = 1000):
-    """``n`` strings decoded from codes drawn from the run's ex-post density (None where invalid)."""
-    dev = resolve_device(device)
-    net, _ = load_run(run_dir, device=dev)
-    q = load_density(run_dir, density, net.config.latent_dim)
-    return decode_strings(net, q.sample(n, seed=seed), stochastic, temperature, seed, batch)
+def load_density(run, kind: str, dim: int) -> ExPostDensity:
+    """The run's ex-post density ``kind`` (``prior``: N(0, I) of dimension ``dim``)."""
+    return RunDir.open(run).density(kind, dim)
 
 
 def decode_strings(net: GrammarAE, z: np.ndarray, stochastic: bool = False, temperature: float = 1.0,
@@ -342,15 +292,10 @@ def decode_strings(net: GrammarAE, z: np.ndarray, stochastic: bool = False, temp
     return out
 
 
-def encode_strings(run_dir: str | Path, strings, device="auto", batch: int = 1000):
-    """Deterministic codes (encoder means) of strings: ``(z [n_ok, d], kept indices, errors)`` where
-    errors lists ``(index, ParseError)`` for strings outside the grammar (they get no code)."""
-    dev = resolve_device(device)
-    return _encode_with(load_run(run_dir, device=dev)[0], strings, batch)
-
-
-def _encode_with(net: GrammarAE, strings, batch: int = 1000):
-    """:func:`encode_strings` on a loaded model (on its device)."""
+def encode_strings(net: GrammarAE, strings, batch: int = 1000):
+    """Deterministic codes (encoder means) of strings on a loaded model (on its device):
+    ``(z [n_ok, d], kept indices, errors)`` where errors lists ``(index, ParseError or None)`` for strings
+    outside the grammar or (None) longer than the decoder can produce; they get no code."""
     from .data.parsed import pack
 
     dev = next(net.parameters()).device
@@ -363,29 +308,3 @@ def _encode_with(net: GrammarAE, strings, batch: int = 1000):
     rules, _ = pack(g, [results[i] for i in keep], max_length=net.config.max_length)
     z = encode_rules(net, torch.from_numpy(rules.astype(np.int64)), batch=batch, device=dev)
     return z, keep, sorted(errors, key=lambda e: e[0])
-
-
-def decode_codes(run_dir: str | Path, z: np.ndarray, stochastic: bool = False, temperature: float = 1.0,
-                 seed: int = 0, device="auto", batch: int = 1000) -> list:
-    """Strings decoded from codes ``z [n, d]`` (None where the derivation does not complete)."""
-    dev = resolve_device(device)
-    net, _ = load_run(run_dir, device=dev)
-    from .io import check_codes
-
-    return decode_strings(net, check_codes(z, net.config.latent_dim), stochastic, temperature, seed, batch)
-
-
-def reconstruct_strings(run_dir: str | Path, strings, device="auto"):
-    """Encode each string and decode it by argmax: ``(rows, errors)`` with rows ``(input, decode or
-    "", match)`` for the strings the grammar parses, errors as :func:`encode_strings` gives them. A
-    match compares canonical forms, as the metrics do (metrics.canonical: the same molecule, or the
-    same derivation -- ``sin(x)+1`` comes back as ``sin( x ) + 1``)."""
-    from .metrics import canonical
-
-    net, meta = load_run(run_dir, device=resolve_device(device))   # loaded (and checksummed) once for both ways
-    z, keep, errors = _encode_with(net, strings)
-    back = decode_strings(net, z) if len(keep) else []
-    molecules = meta.get("base_grammar", net.grammar.name) == "smiles"
-    want = canonical([strings[i] for i in keep], molecules, net.grammar)
-    got = canonical(back, molecules, net.grammar)
-    return [(strings[i], b or "", w is not None and w == g) for i, b, w, g in zip(keep, back, want, got)], errors

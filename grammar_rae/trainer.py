@@ -557,7 +557,3 @@ class Trainer:
         self.log(f"time budget of {self.config.max_minutes:g} min reached after epoch {self.epoch} "
                  f"({left:.0f} s left, an epoch takes {longest:.0f} s); continue with --resume")
         return True
-
-
-def load_history(run_dir: str | Path) -> list[dict]:
-    return read_json(Path(run_dir) / "checkpoints" / "last.json").get("history", [])

@@ -52,41 +52,35 @@ One trainer for every model, with the measured CPU recipe (`grammar-rae recipes`
 (resumable); the Gaussian and GMM densities are fitted on the training codes at the end. The history holds
 the exact (argmax) reconstruction of 500 validation expressions after every epoch."""),
     ("code", """import shutil
-from grammar_rae.checkpoint import read_json
-from grammar_rae.recipes import train_config
-from grammar_rae.run import train_run
+import grammar_rae
 
 shutil.rmtree(work / "rae-l2", ignore_errors=True)
-run = train_run(work / "rae-l2", grammar="expr", model="rae-l2", data=work / "expr.txt",
-                train=train_config("expr", epochs=3), progress=False, log=lambda m: None,
-                cache_dir=work / "cache")
-for h in read_json(run / "checkpoints" / "last.json")["history"]:
+model = grammar_rae.train(work / "rae-l2", "expr", "rae-l2", data=work / "expr.txt", epochs=3,
+                          progress=False, log=None, cache_dir=work / "cache")
+print(model)
+for h in model.run.history:
     print(f"epoch {h['epoch']}: validation loss {h['val_rec']:.3f} nats, "
           f"exact reconstruction {h['val_recon']:.1%}, {h['elapsed']:.0f} s")"""),
     ("md", """## Sample from the ex-post densities
 The prior N(0, I) is what a VAE would use; the RAE's codes are not N(0, I)-distributed, so the paper fits a
 density on the training codes after training (ex-post)."""),
     ("code", """from grammar_rae.metrics import generation_metrics
-from grammar_rae.run import sample_run
 
-for density in ("prior", "gaussian", "gmm"):
-    strings = sample_run(run, 500, density=density)
+for density in model.densities:
+    strings = model.sample(500, density=density)
     m = generation_metrics(strings, molecules=False, training=expressions)
     print(f"{density:>8}: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, novel {m['novelty']:.1%}")"""),
     ("md", """## The shipped model
 `expr-grae` was trained on the whole set (README lists its measured numbers); any command or function that
 takes a run directory also takes its name."""),
-    ("code", """from grammar_rae.pretrained import resolve_run
-from grammar_rae.run import load_run, load_split, reconstruct_strings
-
-_, meta = load_run("expr-grae")
-_, _, test_rows = load_split(resolve_run("expr-grae"), meta)   # held out from its training
+    ("code", """shipped = grammar_rae.load("expr-grae", device="cpu")
+_, _, test_rows = shipped.run.split()                           # held out from its training
 held_out = [lines[i] for i in test_rows[:1000]]
-rows, _ = reconstruct_strings("expr-grae", held_out, device="cpu")
-print(f"expr-grae: {sum(ok for *_, ok in rows)}/{len(rows)} held-out expressions reconstructed exactly")
-for s, back, ok in rows[:3]:
-    print(f"  {s:28} -> {back}")
-strings = sample_run("expr-grae", 500, density="gmm", seed=1)
+r = shipped.reconstruct(held_out)
+print(f"expr-grae: {sum(row.match for row in r.rows)}/{len(r.rows)} held-out expressions reconstructed exactly")
+for row in r.rows[:3]:
+    print(f"  {row.input:28} -> {row.output}")
+strings = shipped.sample(500, density="gmm", seed=1)
 m = generation_metrics(strings, molecules=False, training=lines)
 print(f"expr-grae GMM samples: validity {m['validity']:.1%}, unique {m['uniqueness']:.1%}, "
       f"novel (not among the 100,000) {m['novelty']:.1%}")"""),
@@ -116,17 +110,17 @@ latent-space BO of penalised logP with a sparse GP and batched expected improvem
 minutes on a 2-core CPU."""),
     ("code", """from pathlib import Path
 import shutil
-from grammar_rae.run import load_run
+import grammar_rae
 
 work = Path("runs/molecules")
 shutil.rmtree(work, ignore_errors=True)
 work.mkdir(parents=True)
-net, meta = load_run("zinc-grae")
-print(meta["label"], "GrammarRAE,", meta["model"]["arch"], "architecture, latent", meta["model"]["latent_dim"])
-for line in meta["pretrained"]["summary"]:
+m = grammar_rae.load("zinc-grae", device="cpu")
+print(m)
+for line in m.meta["pretrained"]["summary"]:
     print(" -", line)"""),
     ("md", "## Parse: exact, fast, and reversible"),
-    ("code", """g = net.grammar
+    ("code", """g = m.grammar
 smi = "CC(C)(C)c1ccc2occ(CC(=O)Nc3ccccc3F)c2c1"
 rules = g.parse(smi)
 print(smi, "->", len(rules), "rules; round trip:", g.derive(rules) == smi)"""),
@@ -134,50 +128,37 @@ print(smi, "->", len(rules), "rules; round trip:", g.derive(rules) == smi)"""),
 The GrammarVAE's test set is the first 5,000 rows of ZINC250k (shipped, gzipped, with its checksum); a
 molecule counts when the argmax decode is the same molecule (canonical SMILES)."""),
     ("code", """from grammar_rae.data.shipped import shipped_path
-from grammar_rae.metrics import canonical
-from grammar_rae.run import reconstruct_strings
 
 zinc = [s.strip() for s in shipped_path("zinc250k").read_text().splitlines()]
 held_out = zinc[:200]
-rows, errors = reconstruct_strings("zinc-grae", held_out, device="cpu")
-same = sum(a is not None and a == b for a, b in zip(canonical([r[0] for r in rows], True),
-                                                     canonical([r[1] for r in rows], True)))
-print(f"{same}/{len(rows)} held-out molecules reconstructed exactly ({same / len(rows):.1%})")
-for s, back, _ in rows[:5]:
-    print(f"  {s}\\n  -> {back}")"""),
+r = m.reconstruct(held_out)
+print(f"{sum(row.match for row in r.rows)}/{len(r.rows)} held-out molecules reconstructed exactly ({r.rate:.1%})")
+for row in r.rows[:5]:
+    print(f"  {row.input}\\n  -> {row.output}")"""),
     ("md", """## New molecules from the ex-post GMM
 Validity is RDKit's (a grammar-complete string that RDKit cannot sanitise is invalid); novelty is against
 the training molecules (a hashed set of their canonical SMILES ships with the model)."""),
     ("code", """from IPython.display import Image, display
 from grammar_rae.evaluate import molecule_grid, training_canonical
 from grammar_rae.metrics import generation_metrics
-from grammar_rae.pretrained import resolve_run
-from grammar_rae.run import sample_run
 
-samples = sample_run("zinc-grae", 500, density="gmm", seed=0, device="cpu")
-train_set = training_canonical([], True, run_dir=resolve_run("zinc-grae"))
-m = generation_metrics(samples, True, training_canonical=train_set)
-print(f"500 GMM samples: {m['validity']:.1%} valid, {m['uniqueness']:.1%} unique, {m['novelty']:.1%} novel")
+samples = m.sample(500, density="gmm", seed=0)
+train_set = training_canonical([], True, run_dir=m.run_dir)
+stats = generation_metrics(samples, True, training_canonical=train_set)
+print(f"500 GMM samples: {stats['validity']:.1%} valid, {stats['uniqueness']:.1%} unique, "
+      f"{stats['novelty']:.1%} novel")
 molecule_grid(samples, work / "samples.png", n=12)
 display(Image(str(work / "samples.png")))"""),
     ("md", "## An interpolation between two held-out molecules"),
-    ("code", """import numpy as np
-from grammar_rae.run import decode_codes, encode_strings
-
-ends, _, _ = encode_strings("zinc-grae", held_out[:2], device="cpu")
-t = np.linspace(0, 1, 8)[:, None]
-path = decode_codes("zinc-grae", (1 - t) * ends[0] + t * ends[1], device="cpu")
+    ("code", """path = m.interpolate(held_out[0], held_out[1], steps=8)
 molecule_grid(path, work / "interpolation.png", n=8, per_row=8, keep_order=True)
 display(Image(str(work / "interpolation.png")))"""),
     ("md", """## Bayesian optimisation of penalised logP
 Three iterations of ten points on one seed, with the GP fitted on the codes of 2,000 ZINC molecules. The
 published protocol (`grammar-rae optimize --objective logp --run zinc-grae --seeds 1,2,3,4,5`: all of
 ZINC250k's codes, 5 × 50 points, 500 inducing points) takes hours on a CPU; README gives the numbers."""),
-    ("code", """from grammar_rae.optimize.bo import optimize
-
-report = optimize("zinc-grae", "logp", work / "bo", iterations=3, batch=10, seeds=(1,), n_decode=20,
-                  device="cpu", gp_kw={"n_inducing": 100, "epochs": 15, "lr": 5e-3, "batch": 1000},
-                  progress=False, log=lambda m: None, data_rows=2000)
+    ("code", """report = m.optimize("logp", work / "bo", iterations=3, batch=10, seeds=(1,), n_decode=20, inducing=100,
+                    gp_epochs=15, gp_lr=5e-3, progress=False, log=None, data_rows=2000)
 s = report["summary"]
 print(f"best in the GP's data: {report['data_best']:.2f}; fraction valid {s['fraction_valid']['mean']:.2f}")
 for t in s["top3"]:

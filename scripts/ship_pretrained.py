@@ -22,7 +22,7 @@ from grammar_rae.checkpoint import checkpoint_weights, file_sha256, load_weights
 from grammar_rae.data.parsed import prepare_dataset
 from grammar_rae.data.shipped import SHIPPED, resolve_source
 from grammar_rae.pretrained import ROOT
-from grammar_rae.run import fit_densities, load_run, load_split, padded_rules, reconstruct_strings
+from grammar_rae.run import fit_densities, load_run, load_split, padded_rules
 
 FIXTURES = {"zinc-grae": Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "zinc_train_200.smi"}
 
@@ -46,10 +46,12 @@ def training_fixture(run_dir: Path, meta: dict, path: Path, n: int = 200) -> lis
 
 def fixture_reconstruction(run_dir: Path, strings: list[str]) -> float:
     """The fraction of ``strings`` the run reconstructs by argmax (canonical forms equal), on the CPU."""
-    rows, errors = reconstruct_strings(run_dir, strings, device="cpu")
-    if errors or len(rows) != len(strings):
-        raise SystemExit(f"{len(errors)} fixture strings could not be encoded: {errors[:3]}")
-    return sum(match for *_, match in rows) / len(strings)
+    import grammar_rae
+
+    r = grammar_rae.load(run_dir, device="cpu").reconstruct(strings)
+    if r.errors or len(r.rows) != len(strings):
+        raise SystemExit(f"{len(r.errors)} fixture strings could not be encoded: {r.errors[:3]}")
+    return sum(row.match for row in r.rows) / len(strings)
 
 
 def main():

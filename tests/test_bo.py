@@ -243,7 +243,7 @@ def test_optimize_cli_density_region(run, tmp_path):
     multistart search refuses the region with a message, before encoding anything."""
     import numpy as np
 
-    from grammar_rae.optimize.bo import search_region
+    from grammar_rae.optimize.regions import fit_density_region
 
     args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
             "--seeds", "1", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-lr", "0.01",
@@ -254,7 +254,7 @@ def test_optimize_cli_density_region(run, tmp_path):
     state = json.loads((tmp_path / "d" / "state" / "seed-1.json").read_text())
     assert state["settings"]["gp"]["region"] == "density" and state["settings"]["gp"]["region_quantile"] == 0.2
     z = np.load(next((tmp_path / "d").glob("data-*.npz")))["z"]
-    density, tau = search_region(z[state["train"]], 0.2, seed=1)
+    density, tau = fit_density_region(z[state["train"]], 0.2, seed=1)
     points = np.array([p for it in state["iterations"] for p in it["points"]])
     assert points.shape == (6, z.shape[1]) and (density.log_prob(points) >= tau - 1e-9).all()
     assert (density.log_prob(z[state["train"]]) >= tau).mean() < 0.81  # 20% of the codes lie outside

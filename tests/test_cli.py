@@ -77,11 +77,11 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkey
     r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "s.txt")])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("Error: ")
     assert "neither a run directory nor a shipped pretrained model" in r.output
-    import grammar_rae.run
+    import grammar_rae.api
 
     def bug(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(grammar_rae.run, "sample_run", bug)
+    monkeypatch.setattr(grammar_rae.api, "load", bug)
     r = CliRunner().invoke(main, ["sample", "--run", "x", "--out", str(tmp_path / "s.txt")])
     assert isinstance(r.exception, ZeroDivisionError)  # not swallowed into a one-line message

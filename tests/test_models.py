@@ -7,7 +7,10 @@ from grammar_rae.data.expressions import generate_expressions
 from grammar_rae.data.parsed import pack
 from grammar_rae.models import regularisers as R
 from grammar_rae.models.decoding import StackMachine
-from grammar_rae.models.grammar_ae import ARCHS, MODELS, GrammarAE, GrammarAEConfig
+from grammar_rae.models.architectures import ARCHITECTURES
+from grammar_rae.models.grammar_ae import MODELS, GrammarAE, GrammarAEConfig
+
+ARCHS = tuple(ARCHITECTURES)  # every registered architecture
 
 
 def batch(expr, n=32, seed=0):

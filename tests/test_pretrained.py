@@ -36,14 +36,14 @@ def test_a_folder_sharing_a_models_name_does_not_hide_it(tmp_path, monkeypatch):
 def test_expr_grae_reconstructs_its_held_out_expressions():
     """Its run.json claims 100% on the 5,000 test rows; 300 of them, argmax, must all come back."""
     from grammar_rae.data.shipped import shipped_path
-    from grammar_rae.run import load_split, reconstruct_strings
+    import grammar_rae
 
-    _, meta = load_run("expr-grae")
+    m = grammar_rae.load("expr-grae", device="cpu")
     lines = shipped_path("expressions").read_text().splitlines()
-    test = load_split(resolve_run("expr-grae"), meta)[2]
-    rows, errors = reconstruct_strings("expr-grae", [lines[i] for i in np.asarray(test)[:300]], device="cpu")
-    assert not errors and len(rows) == 300
-    assert sum(ok for *_, ok in rows) >= 297
+    test = m.run.split()[2]
+    r = m.reconstruct([lines[i] for i in np.asarray(test)[:300]])
+    assert not r.errors and len(r.rows) == 300
+    assert sum(row.match for row in r.rows) >= 297
 
 
 def held_out_expressions(n=200):
@@ -117,7 +117,7 @@ def test_zinc_grae_reconstructs_its_training_fixture_at_its_recorded_rate():
     as in the batch of 200."""
     from rdkit import Chem
 
-    from grammar_rae.run import reconstruct_strings
+    import grammar_rae
 
     def canon(s):
         m = Chem.MolFromSmiles(s) if s else None
@@ -125,11 +125,12 @@ def test_zinc_grae_reconstructs_its_training_fixture_at_its_recorded_rate():
 
     lines = (Path(__file__).parent / "fixtures" / "zinc_train_200.smi").read_text().splitlines()
     assert len(lines) == 200
-    recorded = load_run("zinc-grae")[1]["pretrained"]["fixture_reconstruction"]
-    rows, errors = reconstruct_strings("zinc-grae", lines, device="cpu")
-    assert not errors and [a for a, *_ in rows] == lines
-    same = [canon(a) is not None and canon(a) == canon(b) for a, b, _ in rows]
-    assert [m for *_, m in rows] == same
+    m = grammar_rae.load("zinc-grae", device="cpu")
+    recorded = m.meta["pretrained"]["fixture_reconstruction"]
+    r = m.reconstruct(lines)
+    assert not r.errors and [row.input for row in r.rows] == lines
+    same = [canon(row.input) is not None and canon(row.input) == canon(row.output) for row in r.rows]
+    assert [row.match for row in r.rows] == same
     assert sum(same) > 0 and abs(sum(same) - 200 * recorded) <= 1, (sum(same), recorded)
-    alone = [reconstruct_strings("zinc-grae", [s], device="cpu")[0][0][1] for s in lines[:10]]
-    assert alone == [b for _, b, _ in rows[:10]]
+    alone = [m.reconstruct([s]).rows[0].output for s in lines[:10]]
+    assert alone == [row.output for row in r.rows[:10]]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from grammar_rae.checkpoint import RunError, checkpoint_weights
 from grammar_rae.cli import main
 from grammar_rae.data.expressions import generate_expressions
-from grammar_rae.run import load_run, sample_run, train_run
+from grammar_rae.run import load_run, train_run
 from grammar_rae.trainer import TrainConfig, Trainer, TrainingDiverged
 
 
@@ -240,15 +240,17 @@ def test_train_and_sample_from_the_cli(tmp_path, half_x_file):
         assert len(exact) == len(strings) and report["reconstruction"][key] == sum(exact) / len(strings)
         assert 0 < report["reconstruction"][key] < 1
     assert (out / "eval" / "report.md").is_file() and (out / "eval" / "samples_gmm.txt").is_file()
-    strings = sample_run(out, 20, "gmm", stochastic=True, seed=3)
-    assert strings == sample_run(out, 20, "gmm", stochastic=True, seed=3)  # seeded
+    import grammar_rae
+
+    strings = grammar_rae.load(out).sample(20, "gmm", stochastic=True, seed=3)
+    assert strings == grammar_rae.load(out).sample(20, "gmm", stochastic=True, seed=3)  # seeded
     r = CliRunner().invoke(main, ["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "neither a run directory nor a shipped" in r.output
 
 
 def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_path, half_x_file):
     from grammar_rae.evaluate import evaluate_run
-    from grammar_rae.run import reconstruct_strings
+    import grammar_rae
 
     run = small_run(tmp_path / "cvae", half_x_file, 1, model="cvae")
     meta = json.loads((run / "run.json").read_text())
@@ -259,8 +261,8 @@ def test_character_vae_baseline_trains_and_is_judged_by_the_real_grammar(tmp_pat
     assert report["model"] == "cvae" and report["test_split"] == "random"
     assert set(report["reconstruction"]) == {"argmax", "val_argmax"}
     for key, part in (("argmax", "test"), ("val_argmax", "val")):  # all 60 test and 54 validation rows
-        rows, errors = reconstruct_strings(run, rows_of(half_x_file, run, part), device="cpu")
-        assert not errors and report["reconstruction"][key] == sum(exact for _, _, exact in rows) / len(rows)
+        r = grammar_rae.load(run, device="cpu").reconstruct(rows_of(half_x_file, run, part))
+        assert not r.errors and report["reconstruction"][key] == r.rate
         assert 0 < report["reconstruction"][key] < 1
     from grammar_rae import load_grammar
     from grammar_rae.evaluate import in_language

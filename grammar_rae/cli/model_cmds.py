@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..models.architectures import ARCHITECTURES
 from ..models.family import GRAMMAR_MODELS
 from . import main, options as O
 
@@ -64,10 +65,8 @@ schedule_options = O.apply(
 @click.option("--model", type=click.Choice([*GRAMMAR_MODELS, "cvae"]), default="rae-l2", show_default=True,
               help="Regulariser family: RAE with L2/GP/SN decoder regularisation, plain RAE, AE, VAE, CV-VAE; "
                    "cvae = the character-level VAE baseline (no grammar in the decoder).")
-@click.option("--arch", type=click.Choice(["teacher-forced", "gvae"]), default="teacher-forced", show_default=True,
-              help="teacher-forced: conv encoder over rule embeddings + a GRU decoder that reads the previous rule "
-                   "and z at every step (learns hundreds of times faster); gvae: the GrammarVAE's networks, to "
-                   "reproduce the papers.")
+@click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default="teacher-forced", show_default=True,
+              help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()) + ".")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="Training strings (default: the shipped ZINC250k for smiles, the shipped GrammarVAE expression "
                    "set for expr).")
@@ -165,9 +164,8 @@ def pretrained_path(name):
 def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
     """Decode N strings from codes drawn from the run's ex-post density."""
     from ..io import write_lines
-    from ..run import sample_run
 
-    strings = sample_run(run_dir, n, density, seed=seed, stochastic=stochastic, temperature=temperature, device=device)
+    strings = O.load_model(run_dir, device).sample(n, density, seed=seed, stochastic=stochastic, temperature=temperature)
     write_lines(out, strings)
     valid = sum(s is not None for s in strings)
     click.echo(f"{n} samples ({density}): {valid / max(n, 1):.1%} grammar-complete, "
@@ -181,14 +179,16 @@ def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
 @O.device
 def encode(run_dir, input_path, out, device):
     """Latent codes (encoder means) of the strings in a file. Bad lines are reported and skipped."""
+    import numpy as np
+
     from ..io import write_codes
-    from ..run import encode_strings
 
     records, unreadable = O.read_records(input_path)
-    z, keep, errors = encode_strings(run_dir, [s for _, s in records], device=device)
-    O.report_skipped(input_path, records, errors)
+    z, bad = O.load_model(run_dir, device).encode_checked([s for _, s in records])
+    O.report_skipped(input_path, records, [(b.index, b.reason) for b in bad])
+    z = z[~np.isnan(z).all(1)]       # rows follow the parseable input lines
     write_codes(out, z)
-    click.echo(f"{len(keep)} codes written to {out}; {len(errors) + unreadable} lines skipped")
+    click.echo(f"{len(z)} codes written to {out}; {len(bad) + unreadable} lines skipped")
 
 
 @main.command()
@@ -201,10 +201,10 @@ def encode(run_dir, input_path, out, device):
 @O.device
 def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
     """Strings decoded from latent codes under the grammar's masks."""
-    from ..io import read_codes, write_lines
-    from ..run import decode_codes
+    from ..io import check_codes, read_codes, write_lines
 
-    strings = decode_codes(run_dir, read_codes(input_path), stochastic, temperature, seed, device)
+    m = O.load_model(run_dir, device)
+    strings = m.decode(check_codes(read_codes(input_path), m.latent_dim), stochastic, temperature, seed)
     write_lines(out, strings)
     click.echo(f"{len(strings)} decodes written to {out}; {sum(s is not None for s in strings)} complete")
 
@@ -218,16 +218,16 @@ def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
 def reconstruct(run_dir, input_path, out, device):
     """Encode and decode (argmax) each string; report the fraction reconstructed exactly."""
     from ..io import write_lines
-    from ..run import reconstruct_strings
 
     records, unreadable = O.read_records(input_path)
-    rows, errors = reconstruct_strings(run_dir, [s for _, s in records], device=device)
-    O.report_skipped(input_path, records, errors)
+    result = O.load_model(run_dir, device).reconstruct([s for _, s in records])
+    rows = [r for r in result.rows if r.error is None]
+    O.report_skipped(input_path, records, result.errors)
     if out:
-        write_lines(out, [f"{a}\t{b}\t{int(m)}" for a, b, m in rows])
-    hits = sum(m for _, _, m in rows)
+        write_lines(out, [f"{r.input}\t{r.output or ''}\t{int(r.match)}" for r in rows])
+    hits = sum(r.match for r in rows)
     click.echo(f"reconstructed {hits}/{len(rows)} exactly ({hits / max(len(rows), 1):.1%}); "
-               f"{len(errors) + unreadable} lines skipped")
+               f"{len(result.rows) - len(rows) + unreadable} lines skipped")
 
 
 @main.command()

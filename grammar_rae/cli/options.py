@@ -63,6 +63,14 @@ def apply(*decorators):
     return wrap
 
 
+def load_model(run_dir, device):
+    """The Model the command works on (grammar_rae.load), decoding as --semantics/--no-semantics says."""
+    from ..api import load
+    from ..models.semantics import enabled
+
+    return load(run_dir, device=device, semantics=enabled())
+
+
 def read_records(path):
     """(line, string) records of an input file, bad lines reported as FILE:LINE on stderr and skipped."""
     from ..data.parsed import read_strings
@@ -75,5 +83,6 @@ def read_records(path):
 
 
 def report_skipped(path, records, errors) -> None:
-    for i, err in errors:
-        click.echo(f"{path}:{records[i][0]}: skipped: {err or 'longer than the decoder can produce'}", err=True)
+    """Each (index, reason) of a string the model could not encode, as FILE:LINE on stderr."""
+    for i, reason in errors:
+        click.echo(f"{path}:{records[i][0]}: skipped: {reason}", err=True)

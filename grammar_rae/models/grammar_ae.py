@@ -7,7 +7,8 @@ term and decoder regulariser (Ghosh et al., ICLR 2020) -- one model, pluggable r
   gvae                      the GrammarVAE's one-hot conv encoder + z-repeated GRU decoder
                             (``gvae_arch.py``; Kusner et al., ICML 2017)
 
-Adding an architecture is one entry in ``ARCHITECTURES`` and one module.
+The encoder and decoder interfaces and the registry of architectures are in ``architectures.py``:
+adding an encoder or a decoder is one class and one ``register(...)`` line there.
 """
 from __future__ import annotations
 
@@ -20,30 +21,12 @@ from ..errors import ConfigError
 from ..grammar import Grammar, load_grammar
 from . import regularisers as R
 from .family import GRAMMAR_MODELS, family
-from .gvae_arch import GVAEDecoder, GVAEEncoder
+from .architectures import architecture, cuts_padding
 from .decoding import Decoded, StackMachine, finish
 from .decoding import decode as masked_decode
-from .teacher_forced import ConvEncoder, TeacherForcedDecoder
 
 MODELS = GRAMMAR_MODELS
 REDECODES, REDECODE_SEED = 16, 0   # GrammarAE.decode: cornered rows decoded again, and the seed of those draws
-ARCHS = ("teacher-forced", "gvae")
-
-# Sizes per (architecture, grammar). gvae: the GrammarVAE's networks (REFERENCE.md §4), kept for its
-# Table 3. teacher-forced: the CPU recipe's sizes (BENCHMARKS.md, "Choosing the defaults"); the GPU
-# recipe widens them (recipes.py).
-ARCHITECTURES = {
-    ("gvae", "smiles"): dict(latent_dim=56, conv_channels=(9, 9, 10), conv_kernels=(9, 9, 11), encoder_hidden=435,
-                             decoder_hidden=501, decoder_layers=3, batch_norm=False),
-    ("gvae", "expr"): dict(latent_dim=25, conv_channels=(2, 3, 4), conv_kernels=(2, 3, 4), encoder_hidden=100,
-                           decoder_hidden=100, decoder_layers=3, batch_norm=True),
-    ("teacher-forced", "smiles"): dict(latent_dim=56, embedding_dim=64, conv_channels=(128, 128, 128),
-                                       conv_kernels=(5, 5, 5), encoder_hidden=256, decoder_hidden=384,
-                                       decoder_layers=1),
-    ("teacher-forced", "expr"): dict(latent_dim=25, embedding_dim=64, conv_channels=(128, 128, 128),
-                                     conv_kernels=(5, 5, 5), encoder_hidden=128, decoder_hidden=128,
-                                     decoder_layers=1),
-}
 
 
 @dataclass
@@ -51,7 +34,7 @@ class GrammarAEConfig:
     grammar: str = "expr"           # shipped name or .cfg path
     max_length: int = 15            # longest derivation the decoder produces (steps T)
     model: str = "rae-l2"           # regulariser family, see family.py
-    arch: str = "teacher-forced"    # see ARCHS
+    arch: str = "teacher-forced"    # a registered architecture (architectures.py)
     decoder: str = "gvae"           # gvae arch only: "gvae" | "autoregressive"
     latent_dim: int = 25
     embedding_dim: int = 64         # teacher-forced: rule / LHS embeddings
@@ -71,7 +54,7 @@ class GrammarAEConfig:
     @classmethod
     def for_grammar(cls, grammar: str, max_length: int, model: str = "rae-l2", arch: str = "teacher-forced",
                     **overrides) -> "GrammarAEConfig":
-        sizes = dict(ARCHITECTURES.get((arch, grammar), ARCHITECTURES.get((arch, "smiles"), {})))
+        sizes = architecture(arch).sizes_for(grammar)
         sizes.update(overrides)
         return cls(grammar=grammar, max_length=max_length, model=model, arch=arch, **sizes)
 
@@ -88,8 +71,7 @@ class GrammarAEConfig:
         f = family(self.model)
         if self.model not in MODELS:
             raise ConfigError(f"{self.model!r} is an image model; grammar models are {MODELS}")
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+        architecture(self.arch)   # a clear error for an unknown name
         if self.decoder not in ("gvae", "autoregressive"):
             raise ConfigError("decoder must be 'gvae' or 'autoregressive'")
         self.conv_channels, self.conv_kernels = tuple(self.conv_channels), tuple(self.conv_kernels)
@@ -109,14 +91,6 @@ class GrammarAEConfig:
         return asdict(self)
 
 
-def build(c: GrammarAEConfig, g: Grammar) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair of an architecture."""
-    if c.arch == "gvae":
-        return GVAEEncoder(c, g.n_rules, g.padding_index), GVAEDecoder(c, g.n_rules)
-    return (ConvEncoder(c, g.n_rules, g.padding_index),
-            TeacherForcedDecoder(c, g.n_rules, torch.as_tensor(g.rule_lhs), len(g.lhs_list)))
-
-
 class GrammarAE(nn.Module):
     """Encoder + decoder + the chosen regulariser. ``loss(rules)`` returns the total and its terms."""
 
@@ -124,7 +98,7 @@ class GrammarAE(nn.Module):
         super().__init__()
         self.config = config
         self.grammar = grammar or load_grammar(config.grammar)
-        self.encoder, self.decoder = build(config, self.grammar)
+        self.encoder, self.decoder = architecture(config.arch).build(config, self.grammar)
         # lhs_mask rows of each rule's LHS: which rules compete with the true rule at a step (GVAE's mask)
         lhs_mask = torch.as_tensor(self.grammar.lhs_mask)
         self.register_buffer("rule_competitors", lhs_mask[torch.as_tensor(self.grammar.rule_lhs)], persistent=False)
@@ -149,7 +123,7 @@ class GrammarAE(nn.Module):
     def cuts_padding(self) -> bool:
         """Whether a batch may be cut to its longest derivation (the trainer's bucketing): true when
         neither the encoder nor the decoder reads positions past the end (not the GVAE's dense encoder)."""
-        return self.config.arch != "gvae"
+        return cuts_padding(self.encoder, self.decoder)
 
     def sequence_lengths(self, rules: torch.Tensor) -> torch.Tensor:
         """[B] derivation lengths (rules before the padding)."""

@@ -16,8 +16,11 @@ from ..errors import ConfigError
 
 
 class GVAEEncoder(nn.Module):
-    def __init__(self, c, vocab: int, padding_index: int):
+    reads_padding = True   # the dense layer sees all T positions: batches are padded to T, never cut
+
+    def __init__(self, c, g):
         super().__init__()
+        vocab, padding_index = g.n_rules, g.padding_index
         self.vocab, self.max_length, self.padding_index = vocab, c.max_length, padding_index
         layers, ch, length = [], vocab, c.max_length
         for out, k in zip(c.conv_channels, c.conv_kernels):
@@ -39,8 +42,11 @@ class GVAEEncoder(nn.Module):
 
 
 class GVAEDecoder(nn.Module):
-    def __init__(self, c, vocab: int):
+    reads_padding = False
+
+    def __init__(self, c, g):
         super().__init__()
+        vocab = g.n_rules
         self.autoregressive = c.decoder == "autoregressive"
         self.max_length, self.vocab = c.max_length, vocab
         self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.latent_dim), nn.ReLU())

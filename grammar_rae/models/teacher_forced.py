@@ -22,8 +22,11 @@ from ..errors import ConfigError
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, c, vocab: int, padding_index: int):
+    reads_padding = False  # every conv output is zeroed past the end and pooled over the true length
+
+    def __init__(self, c, g):
         super().__init__()
+        vocab, padding_index = g.n_rules, g.padding_index
         self.padding_index = padding_index
         self.embedding = nn.Embedding(vocab, c.embedding_dim)
         self.convs = nn.ModuleList()
@@ -54,9 +57,11 @@ class ConvEncoder(nn.Module):
 
 class TeacherForcedDecoder(nn.Module):
     autoregressive = True
+    reads_padding = False  # padding steps cost nothing under the grammar mask and come after every real step
 
-    def __init__(self, c, vocab: int, rule_lhs: torch.Tensor, n_lhs: int):
+    def __init__(self, c, g):
         super().__init__()
+        vocab, rule_lhs, n_lhs = g.n_rules, torch.as_tensor(g.rule_lhs), len(g.lhs_list)
         self.vocab, self.layers, self.hidden = vocab, c.decoder_layers, c.decoder_hidden
         self.register_buffer("rule_lhs", rule_lhs.long(), persistent=False)
         self.prev_embedding = nn.Embedding(vocab + 1, c.embedding_dim)    # index `vocab` = start

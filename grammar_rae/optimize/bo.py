@@ -2,9 +2,9 @@
 
 Per seed: encode every dataset string (encoder means), score it, split 90/10 (seeded), fit the
 sparse GP on the 90%, report its test RMSE/log-likelihood; then ``iterations`` times: choose a batch
-of points by greedy EI in the box spanned by the training codes (optionally only its part where an
-ex-post GMM of the training codes is dense: ``search_region``; or a TuRBO trust region around the
-best point so far: trust.py), decode each point ``n_decode``
+of points by greedy EI in the search region (regions.py: the box spanned by the training codes, the
+protocol's; its part where an ex-post GMM of the training codes is dense; or a TuRBO trust region
+around the best point so far), decode each point ``n_decode``
 times by sampling and keep the most frequent valid string (none valid: the point is invalid and
 gets the worst training score), score, add the points to the GP's data and refit.
 State is saved after every iteration (``DIR/state/seed-S.json``), so an interrupted run resumes
@@ -22,11 +22,11 @@ import torch
 from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
 from ..trainer import resolve_device
-from . import trust as turbo
 from .acquisition import batched_greedy_ei, posterior_mean_incumbent
 from .config import BOConfig, GPConfig
 from .gp import SparseGP
 from .objectives import Objective, get_objective
+from .regions import make_region
 
 
 def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print,
@@ -91,57 +91,35 @@ def _initial_state(seed: int, n: int) -> dict:
             "gp_test": None}
 
 
-def search_region(codes: np.ndarray, quantile: float, seed: int, max_rows: int = 50_000):
-    """The density region's (density, threshold): a 10-component GMM fitted on (a seeded sample of at
-    most ``max_rows`` of) the training codes, and the ``quantile`` of their log-density under it --
-    the region {z : log p(z) ≥ threshold} holds 1 − ``quantile`` of the codes."""
-    from ..density import make_density
-
-    rng = np.random.default_rng(seed)
-    fit_on = codes if len(codes) <= max_rows else codes[np.sort(rng.choice(len(codes), max_rows, replace=False))]
-    density = make_density("gmm", k=10, seed=seed).fit(fit_on)
-    return density, float(np.quantile(density.log_prob(fit_on), quantile))
-
-
-def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_kw: dict, seed: int, warm, test, progress,
-             region=(None, None), trust=None):
-    """Fit the GP on (x_fit, y_fit) and choose ``batch`` points in the box (and the density
-    ``region`` = (density, threshold) if given; or the trust region ``trust`` = (centre, L), sized
-    by the fitted GP's lengthscales) by batched greedy EI.
+def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_config: GPConfig, region, seed: int, warm, test,
+             progress, state):
+    """Fit the GP on (x_fit, y_fit) and choose ``batch`` points by batched greedy EI where the search
+    ``region`` (regions.py) says, given the fitted GP.
     Returns (points, GP, test metrics or None, the (lower, upper) searched)."""
-    lower, upper = box
-    density, threshold = region
-    gp_kw = dict(gp_kw)
-    for k in ("region", "region_quantile"):  # the region arrives built, in ``region`` or ``trust``
-        gp_kw.pop(k, None)
-    refit_epochs = gp_kw.pop("refit_epochs", None)
-    backend = gp_kw.pop("backend", "native")
-    incumbent = gp_kw.pop("incumbent", "posterior-mean")
-    search = gp_kw.pop("ei_search", "grid")
-    if backend == "botorch":
+    c = gp_config
+    fit_kw = dict(n_inducing=c.n_inducing, epochs=c.epochs, batch=c.batch, lr=c.lr)
+    if c.backend == "botorch":   # the box only (GPConfig refuses the other regions for it)
         try:
             from .botorch_gp import fit_and_propose
         except ImportError as e:
             raise ConfigError(f"--gp botorch needs BoTorch ({e}): pip install \"grammar-rae[botorch]\"") from None
         points, metrics = fit_and_propose(
-            x_fit, y_fit, lower, upper, batch, maximise, n_inducing=gp_kw["n_inducing"], epochs=gp_kw["epochs"],
-            lr=gp_kw["lr"], minibatch=gp_kw["batch"], seed=seed, x_test=test[0] if test else None,
-            y_test=test[1] if test else None)
+            x_fit, y_fit, *box, batch, maximise, n_inducing=c.n_inducing, epochs=c.epochs, lr=c.lr, minibatch=c.batch,
+            seed=seed, x_test=test[0] if test else None, y_test=test[1] if test else None)
         return points, None, metrics, box
-    if warm is not None and refit_epochs:  # warm start from the previous iteration's GP
-        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, init=warm, **{**gp_kw, "epochs": refit_epochs})
+    if warm is not None and c.refit_epochs:  # warm start from the previous iteration's GP
+        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, init=warm, **{**fit_kw, "epochs": c.refit_epochs})
     else:
-        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, **gp_kw)
+        gp = SparseGP.fit(x_fit, y_fit, seed=seed, progress=progress, **fit_kw)
     metrics = gp.test_metrics(*test) if test else None
-    if trust is not None:
-        lower, upper = turbo.box(*trust, gp.log_lengthscale.detach().exp().numpy(), lower, upper)
-    if incumbent == "posterior-mean":  # the GVAE's batched_greedy_ei
-        best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=search, density=density,
-                                        threshold=threshold)
+    lower, upper = region.bounds(box, gp, x_fit, y_fit, state)
+    cut = dict(density=region.density, threshold=region.threshold)
+    if c.incumbent == "posterior-mean":  # the GVAE's batched_greedy_ei
+        best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=c.ei_search, **cut)
     else:
         best = float(y_fit.max() if maximise else y_fit.min())
-    points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=search, seed=seed, maximise=maximise,
-                               density=density, threshold=threshold)
+    points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=c.ei_search, seed=seed, maximise=maximise,
+                               **cut)
     return points, gp, metrics, (lower, upper)
 
 
@@ -161,7 +139,7 @@ def run_seed(net, z, y, objective: Objective, seed: int, config: BOConfig, state
     """One BO run (REFERENCE.md §5): per iteration fit, propose, decode, score, add; the state is
     saved after every iteration, so a second call with the same ``settings`` resumes."""
     maximise = objective.higher_is_better
-    iterations, batch, gp_kw = config.iterations, config.batch, config.gp.as_kw()
+    iterations, batch = config.iterations, config.batch
     n_decode = config.decodes_per_point(net.grammar.name.startswith("smiles"))
     settings = settings or {}
     if state_path.is_file():
@@ -179,34 +157,21 @@ def run_seed(net, z, y, objective: Objective, seed: int, config: BOConfig, state
     else:
         state = {**_initial_state(seed, len(z)), "settings": settings}
     tr, te = np.array(state["train"]), np.array(state["test"])
-
-    def trust_lengths():  # L before each iteration, replayed from the scores (trust.py)
-        return turbo.lengths(float(y[tr].max() if maximise else y[tr].min()),
-                             [[e["score"] for e in i["evaluations"]] for i in state["iterations"]],
-                             z.shape[1], batch, maximise)
-
-    if gp_kw.get("region") == "trust" and state["iterations"]:
-        if [i.get("trust", {}).get("length") for i in state["iterations"]] != trust_lengths()[:-1]:
-            raise ConfigError(f"{state_path}: the trust region lengths it records differ from the ones its scores "
-                              "give under this version's rules (trust.py); resume it with the version that made it")
+    region = make_region(config.gp, seed, batch, maximise, iterations)   # where EI searches (regions.py)
+    region.start(z[tr], float(y[tr].max() if maximise else y[tr].min()), state, state_path)
     x_extra = [np.array(p) for it in state["iterations"] for p in it["points"]]
     y_extra = [e["score"] for it in state["iterations"] for e in it["evaluations"]]
     worst = float(y[tr].min() if maximise else y[tr].max())  # an invalid point gets the worst training score
     box = (z[tr].min(0), z[tr].max(0))  # the acquisition box: the training codes' bounding box
-    region, gp = (None, None), None
-    if gp_kw.get("region") == "density" and len(state["iterations"]) < iterations:  # once per seed, training codes
-        region = search_region(z[tr], gp_kw["region_quantile"], seed)
+    gp = None
     while len(state["iterations"]) < iterations:
         it = len(state["iterations"]) + 1
         t0 = time.time()
         x_fit = np.concatenate([z[tr]] + ([np.stack(x_extra)] if x_extra else []))
         y_fit = np.concatenate([y[tr], np.array(y_extra)])
         test = (z[te], y[te]) if state["gp_test"] is None else None
-        trust = None
-        if gp_kw.get("region") == "trust":  # centred at the best point so far
-            trust = (x_fit[int(np.argmax(y_fit) if maximise else np.argmin(y_fit))], trust_lengths()[-1])
-        points, gp, metrics, searched = _propose(x_fit, y_fit, box, batch, maximise, gp_kw, seed * 1000 + it, gp,
-                                                 test, progress, region, trust)
+        points, gp, metrics, searched = _propose(x_fit, y_fit, box, batch, maximise, config.gp, region,
+                                                 seed * 1000 + it, gp, test, progress, state)
         if metrics is not None:
             state["gp_test"] = metrics
             log(f"seed {seed}: sparse GP on the test split: RMSE {metrics['rmse']:.3f}, "
@@ -216,9 +181,8 @@ def run_seed(net, z, y, objective: Objective, seed: int, config: BOConfig, state
         scores = objective(chosen)
         evaluations = [{"seed": seed, "iteration": it, "string": s, "valid": s is not None,
                         "score": float(sc) if s is not None else worst} for s, sc in zip(chosen, scores)]
-        record = {"points": points.tolist(), "evaluations": evaluations, "seconds": round(time.time() - t0, 1)}
-        if trust is not None:
-            record["trust"] = {"length": trust[1], "lower": searched[0].tolist(), "upper": searched[1].tolist()}
+        record = {"points": points.tolist(), "evaluations": evaluations, "seconds": round(time.time() - t0, 1),
+                  **region.record(searched, state)}
         state["iterations"].append(record)
         x_extra += list(points)
         y_extra += [e["score"] for e in evaluations]

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import ConfigError
+from .regions import REGIONS as SEARCH_REGIONS
 
-REGIONS = ("box", "density", "trust")
+REGIONS = tuple(SEARCH_REGIONS)   # regions.py: one class per search region
 INCUMBENTS = ("posterior-mean", "observed")
 EI_SEARCHES = ("grid", "multistart")
 BACKENDS = ("native", "botorch")
