@@ -80,11 +80,12 @@ def main():
 
     net, _ = load_run(a.run)
     z = load_density(a.run, a.density, net.config.latent_dim).sample(a.n, seed=a.seed)
-    from grammar_rae.models.grammar_ae import REDECODES
+    from grammar_rae.models.grammar_ae import REDECODE_ROUND, REDECODES
 
     rows = [measure(net, z, False, 0), measure(net, z, True, 0), measure(net, z, True, REDECODES)]
     speed = lambda r: round(r["molecules_per_s"] / rows[0]["molecules_per_s"], 3)  # noqa: E731
     report = {"run": a.run, "density": a.density, "n": a.n, "seed": a.seed, "threads": a.threads,
+              "redecode_round": REDECODE_ROUND,
               "rows": rows, "speed_ratio_masks_vs_plain": speed(rows[1]),
               "speed_ratio_default_vs_plain": speed(rows[2])}
     print(json.dumps(report, indent=1))

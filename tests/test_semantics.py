@@ -204,3 +204,29 @@ def test_rows_the_masks_cornered_are_decoded_again_and_no_others(shipped_samples
     assert int(fixed.sum()) >= int(once.cornered.sum()) // 3
     assert all(again.strings[i] != once.strings[i] for i in fixed.nonzero().flatten().tolist())
     assert bool(again.complete[fixed].all())
+
+
+def test_cornered_rows_are_decoded_again_in_rounds_until_each_has_a_good_copy(shipped_samples, monkeypatch):
+    """Re-decoding goes in rounds of REDECODE_ROUND copies a row; a row that got a good copy leaves, so the
+    rounds shrink and decode far fewer rows than `redecodes` copies of every cornered row at once."""
+    from grammar_rae.models.grammar_ae import REDECODE_ROUND
+    from grammar_rae.run import load_run
+
+    z, _, _ = shipped_samples
+    net, _ = load_run("zinc-grae")
+    zt = torch.as_tensor(z, dtype=torch.float32)
+    sizes, real = [], net._decode_once
+
+    def counting(codes, *a):
+        sizes.append(len(codes))
+        return real(codes, *a)
+
+    net.redecodes = 0
+    cornered = int(net.decode(zt).cornered.sum())                     # rows the first decode leaves cornered
+    net.redecodes = 16
+    monkeypatch.setattr(net, "_decode_once", counting)
+    net.decode(zt)
+    rounds = sizes[1:]                                                 # sizes[0]: the first decode of every row
+    assert sizes[0] == len(zt) and cornered >= 5 and rounds[0] == REDECODE_ROUND * cornered
+    assert all(b <= a for a, b in zip(rounds, rounds[1:])) and len(rounds) <= net.redecodes // REDECODE_ROUND
+    assert sum(rounds) < net.redecodes * cornered / 2                  # under half of 16 copies of each at once

@@ -26,7 +26,9 @@ from .decoding import Decoded, StackMachine, finish
 from .decoding import decode as masked_decode
 
 MODELS = GRAMMAR_MODELS
-REDECODES, REDECODE_SEED = 16, 0   # GrammarAE.decode: cornered rows decoded again, and the seed of those draws
+# GrammarAE.decode: a cornered row is decoded again, at most REDECODES times, REDECODE_ROUND copies a round,
+# with draws seeded by REDECODE_SEED
+REDECODES, REDECODE_ROUND, REDECODE_SEED = 16, 2, 0
 
 
 @dataclass
@@ -219,8 +221,11 @@ class GrammarAE(nn.Module):
 
         Under a semantic layer, a row that the masks cornered (at some step every rule its strongest tier
         allowed was ruled out, so that tier was dropped) is decoded again from the same code by sampling
-        (temperature ``redecode_temperature``), ``redecodes`` copies of it in one batch, keeping the first
-        copy that no mask had to give way in; a row that gets none keeps its first decode. A true derivation is
+        (temperature ``redecode_temperature``) in rounds of ``REDECODE_ROUND`` copies, keeping the first
+        copy that no mask had to give way in; a row leaves the rounds once it has one, and after
+        ``redecodes`` copies without one keeps its first decode. (On zinc-grae's GMM samples 62% of copies
+        are good and every cornered row got one within 5: rounds of 2 decode about a seventh of the rows
+        that 16 copies at once did.) A true derivation is
         never cornered (the masks admit every real molecule), so this changes only decodes that were
         already wrong. Seeded: the same batch of codes gives the same strings (a re-decoded row's draws
         depend on the other rows re-decoded with it)."""
@@ -228,22 +233,25 @@ class GrammarAE(nn.Module):
         if out.cornered is None or not self.redecodes or not bool(out.cornered.any()):
             return out
         gen = torch.Generator(device=z.device).manual_seed(REDECODE_SEED)
-        rows = out.cornered.nonzero().flatten()
-        k = self.redecodes
-        again = self._decode_once(z[rows].repeat_interleave(k, 0), True, self.redecode_temperature, gen, strings)
-        good = (again.complete & ~again.cornered).view(len(rows), k)
-        first = torch.where(good.any(1), good.long().argmax(1), -1)   # the first good copy of each row
         rules, complete, cornered = out.rules.clone(), out.complete.clone(), out.cornered.clone()
         texts = list(out.strings) if out.strings is not None else None
-        T = min(rules.shape[1], again.rules.shape[1])
-        got = first >= 0
-        dst, src = rows[got], (torch.arange(len(rows), device=z.device)[got] * k + first[got])
-        rules[dst] = self.grammar.padding_index
-        rules[dst, :T] = again.rules[src, :T]
-        complete[dst], cornered[dst] = True, False
-        if texts is not None:
-            for i, j in zip(dst.tolist(), src.tolist()):
-                texts[i] = again.strings[j]
+        todo, tries = out.cornered.nonzero().flatten(), 0
+        while len(todo) and tries < self.redecodes:
+            k = min(REDECODE_ROUND, self.redecodes - tries)
+            again = self._decode_once(z[todo].repeat_interleave(k, 0), True, self.redecode_temperature, gen, strings)
+            good = (again.complete & ~again.cornered).view(len(todo), k)
+            got = good.any(1)
+            first = good.long().argmax(1)                               # the first good copy of each row
+            dst = todo[got]
+            src = torch.arange(len(todo), device=z.device)[got] * k + first[got]
+            T = min(rules.shape[1], again.rules.shape[1])
+            rules[dst] = self.grammar.padding_index
+            rules[dst, :T] = again.rules[src, :T]
+            complete[dst], cornered[dst] = True, False
+            if texts is not None:
+                for i, j in zip(dst.tolist(), src.tolist()):
+                    texts[i] = again.strings[j]
+            todo, tries = todo[~got], tries + k
         return Decoded(rules, complete, texts, cornered)
 
     def _decode_once(self, z, sample, temperature, generator, strings) -> Decoded:
