@@ -147,7 +147,8 @@ def plot(curve: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
-    fig.suptitle("zinc-grae learning curve (" + "; ".join(s["name"] for s in curve["segments"]) + ")", fontsize=9)
+    fig.suptitle(f"zinc-grae learning curve: {len(curve['segments'])} training segments (their settings: curve.json)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
