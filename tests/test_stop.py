@@ -28,13 +28,18 @@ def test_sigterm_checkpoints_inside_the_epoch_and_resume_goes_on(tmp_path, data)
             "--epochs", "3", "--batch-size", "8", "--decoder-hidden", "24", "--encoder-hidden", "16",
             "--threads", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not (out / "run.json").is_file() and time.time() < deadline:  # training has started
-        time.sleep(0.2)
-    time.sleep(3.0)                                                     # some steps into epoch 1
-    p.send_signal(signal.SIGTERM)
-    stdout, stderr = p.communicate(timeout=120)
+    log = tmp_path / "stdout.txt"
+    with open(log, "w") as sink:
+        p = subprocess.Popen(args, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 120
+        # the model is built (its size is logged just before the trainer starts): not a fixed wait after
+        # run.json, which a loaded machine can outlast before the trainer's signal handler is in place
+        while "parameters;" not in log.read_text() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3.0)                                                 # some steps into epoch 1
+        p.send_signal(signal.SIGTERM)
+        _, stderr = p.communicate(timeout=120)
+    stdout = log.read_text()
     assert p.returncode == 0, stderr[-2000:]
     assert "stopped by SIGTERM" in stdout
     last = json.loads((out / "checkpoints" / "last.json").read_text())
