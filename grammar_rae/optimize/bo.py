@@ -40,9 +40,11 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
     from ..data.parsed import prepare_dataset
     from ..data.shipped import resolve_source
     from ..run import encode_rules, load_run, padded_rules
+    from ..rundir import RunDir
 
-    net, meta = load_run(run_dir, device=device)
-    weights = read_json(Path(run_dir) / "checkpoints" / f"{meta['checkpoint']}.json")   # the checkpoint load_run loaded
+    run = RunDir.open(run_dir, "grammar")
+    net, meta = load_run(run, device=device)
+    weights = run.checkpoint(meta["checkpoint"])[2]   # the commit JSON of the checkpoint load_run loaded
     key = hashlib.sha256(json.dumps([weights.get("sha256"), weights.get("epoch"), meta["data"].get("sha256"),
                                      objective.name, objective.key, data_rows]).encode()).hexdigest()[:16]
     cache = out / f"data-{key}.npz"
