@@ -163,6 +163,7 @@ class Trainer:
         self.ckpt = self.run_dir / "checkpoints"
         self.partial: dict | None = None   # where a checkpoint inside an epoch left off (resume)
         self.stop_requested: str | None = None  # SIGTERM / SIGINT received: checkpoint and stop at the next sync
+        self.handles_signals = False  # set by fit() when it installs its SIGTERM / SIGINT handler
         self.stopped_inside = False             # the last stop fell inside an epoch
         self.total_steps = config.schedule_steps or config.epochs * self.steps_per_epoch()
         for group in self.optimizer.param_groups:
@@ -454,6 +455,7 @@ class Trainer:
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, request_stop)
+        self.handles_signals = bool(handlers)
         finished = False
         try:
             history = self._fit(resume)
@@ -486,6 +488,9 @@ class Trainer:
         # a resumed run continues the RNG stream restored from its checkpoint (also one taken inside epoch 1)
         if self.epoch == 0 and not self.partial:
             torch.manual_seed(self.config.seed)
+        if self.handles_signals:
+            self.log(f"training from update {self.global_step:,} to {self.total_steps:,} at most; SIGTERM or "
+                     "Ctrl-C stops it with a checkpoint where it is (`--resume` goes on)")
         self.out_of_time, started, longest = False, time.time(), 0.0
         self.started = self.last_save = started
         while self.epoch < self.config.epochs and not self.early_stopped and self.global_step < self.total_steps:

@@ -1,6 +1,8 @@
 """Datasets: parsing files once into compact cached indices, bad lines, downloads, expressions."""
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +50,30 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path, smiles, monkeypatch):
     write_smi(tmp_path, GOOD + ["CCCC"])  # new content, new key
     changed = prepare_dataset(smiles, path, cache_dir=tmp_path / "c", workers=1, quiet=True)
     assert changed.cache_path != first.cache_path and len(changed) == len(GOOD) + 1
+
+
+def test_two_processes_writing_the_same_cache_at_once_both_succeed(tmp_path, smiles, monkeypatch):
+    """Two torchrun ranks (or two runs) on one cache directory: both find no cache, both parse, and the
+    second rename meets the first one's folder. The second keeps that folder (the same key, the same
+    rows) instead of failing. Here the other writer finishes inside this one's rename."""
+    import grammar_rae.data.parsed as parsed
+
+    path = write_smi(tmp_path, GOOD)
+    real_replace, raced = os.replace, []
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-") and not raced:
+            raced.append(dst)
+            monkeypatch.setattr(parsed.os, "replace", real_replace)
+            other = prepare_dataset(smiles, path, cache_dir=tmp_path / "c", workers=1, quiet=True)
+            assert other.cache_path == Path(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(parsed.os, "replace", replace)
+    ds = prepare_dataset(smiles, path, cache_dir=tmp_path / "c", workers=1, quiet=True)
+    assert raced and ds.cache_path == Path(raced[0])
+    assert load_parsed(ds.cache_path).strings == GOOD
+    assert [p.name for p in ds.cache_path.parent.iterdir()] == [ds.cache_path.name]   # no temporary left
 
 
 def test_damaged_or_foreign_cache_is_refused(tmp_path, smiles):

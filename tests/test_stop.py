@@ -24,26 +24,27 @@ def data(tmp_path_factory):
 
 def test_sigterm_checkpoints_inside_the_epoch_and_resume_goes_on(tmp_path, data):
     out = tmp_path / "run"
+    # batches of 4: 600 updates an epoch, seconds even on a fast machine (batches of 8 let a fast CI
+    # machine finish all 3 epochs before the signal came, which then killed it while fitting densities)
     args = [sys.executable, "-m", "grammar_rae.cli", "train", "--grammar", "expr", "--data", str(data),
-            "--epochs", "3", "--batch-size", "8", "--decoder-hidden", "24", "--encoder-hidden", "16",
+            "--epochs", "3", "--batch-size", "4", "--decoder-hidden", "24", "--encoder-hidden", "16",
             "--threads", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     log = tmp_path / "stdout.txt"
     with open(log, "w") as sink:
         p = subprocess.Popen(args, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.time() + 120
-        # the model is built (its size is logged just before the trainer starts): not a fixed wait after
-        # run.json, which a loaded machine can outlast before the trainer's signal handler is in place
-        while "parameters;" not in log.read_text() and time.time() < deadline and p.poll() is None:
-            time.sleep(0.2)
-        time.sleep(3.0)                                                 # some steps into epoch 1
+        # the trainer says when its handler is in place (no guess at how long setup takes on a loaded machine)
+        while "SIGTERM or Ctrl-C stops it" not in log.read_text() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.5)                                                 # some updates into epoch 1
         p.send_signal(signal.SIGTERM)
         _, stderr = p.communicate(timeout=120)
     stdout = log.read_text()
-    assert p.returncode == 0, stderr[-2000:]
+    assert p.returncode == 0, stdout[-2000:] + stderr[-2000:]
     assert "stopped by SIGTERM" in stdout
     last = json.loads((out / "checkpoints" / "last.json").read_text())
-    assert last["epoch"] == 0 and last["partial"]["batch"] > 0      # inside epoch 1, where it was
+    assert last["epoch"] < 3 and last["partial"]["batch"] > 0      # inside an epoch, where it was
     assert not (out / "density").exists()                           # it left at once
     r = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -234,9 +234,22 @@ def save_parsed(ds: ParsedDataset, where: Path) -> None:
                 "max_length": ds.max_length, "skipped": ds.skipped}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders
-        if where.exists():
-            shutil.rmtree(where)
-        os.replace(tmp, where)
+        if where.exists():   # an unreadable cache: moved aside (one rename), then removed
+            old = Path(tempfile.mkdtemp(prefix=".old-", dir=where.parent))
+            try:
+                os.replace(where, old / "x")
+            except FileNotFoundError:
+                pass         # another process moved it first
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, where)
+        except OSError:
+            # Another process (a torchrun rank, a second run on the same cache) put its parse there
+            # between the check and the rename: the key is the grammar and the file's hash, so it holds
+            # the same rows. Keep it, drop ours.
+            if not (where / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
