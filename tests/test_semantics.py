@@ -72,6 +72,9 @@ HAND_MADE = [
     ("O=[n+]1c(-c2cccs2)c([O-])n(OCc2c(F)cccc2F)c2ccccc21", True), ("O=[n+]1ccccc1", False),  # the ring closed by the branch's last atom, the chain going on after it
     # an aromatic c or n has at most three neighbours
     ("Cc1(C)ccccc1", False),
+    # an aromatic atom on no ring, although it has two aromatic neighbours and the parity is even
+    ("c1ccccc1[nH]c1ccccc1", False), ("c1ccccc1[nH]C", False),
+    ("c1ccc2c(c1)[nH]c1ccccc12", True),   # carbazole: the same [nH], on the middle ring
 ]
 
 
@@ -88,6 +91,23 @@ def test_every_molecule_of_the_training_fixture_is_admitted(smiles):
     lines = [l.strip() for l in FIXTURE.read_text().splitlines() if l.strip()]
     assert len(lines) == 200
     assert bool(admitted(smiles, rules_of(smiles, lines)).all())
+
+
+def test_a_finished_molecule_with_an_aromatic_atom_on_no_ring_is_flagged_for_decoding_again(smiles):
+    """No mask can see it step by step (the [nH] has two aromatic neighbours, the parity is even); the
+    whole molecule's graph does: the closures' tree paths are the atoms on rings."""
+    from grammar_rae.models.decoding import StackMachine
+
+    rules = rules_of(smiles, ["c1ccccc1[nH]c1ccccc1", "c1ccc2c(c1)[nH]c1ccccc12", "Cc1ccccc1C1CC1CO"])
+    machine = StackMachine(smiles, 3, rules.shape[1], "cpu", semantics=semantics_for(smiles))
+    for t in range(rules.shape[1]):
+        machine.force(rules[:, t])
+    assert bool(machine.done.all()) and not bool(machine.cornered.any())
+    assert machine.flagged().tolist() == [True, False, False]
+    on = machine.semantic_state.on_a_ring()
+    assert on[0, :13].tolist() == [True] * 6 + [False] + [True] * 6        # benzene, the [nH], benzene
+    assert on[1, :13].tolist() == [True] * 13                              # carbazole: all on rings
+    assert on[2, :12].tolist() == [False] + [True] * 6 + [True] * 3 + [False, False]   # C, toluene ring, cyclopropane, C, O
 
 
 def test_the_first_thousands_of_zinc_are_admitted(smiles):

@@ -23,7 +23,8 @@ class Decoded:
     rules: torch.Tensor      # [B, T] long, padding after the end of each derivation
     complete: torch.Tensor   # [B] bool: the stack emptied within T steps
     strings: list            # str for complete derivations, None otherwise
-    cornered: torch.Tensor | None = None   # [B] bool: a semantic mask had to be dropped at some step
+    cornered: torch.Tensor | None = None   # [B] bool: a semantic mask had to be dropped at some step, or
+                                           # the finished molecule is broken as a whole (StackMachine.flagged)
 
     @property
     def validity(self) -> float:
@@ -93,6 +94,13 @@ class StackMachine:
     def done(self) -> torch.Tensor:
         return self.sp == 0
 
+    def flagged(self) -> torch.Tensor:
+        """[B] bool: rows to decode again -- those a mask cornered, and finished rows whose molecule the
+        semantic layer finds broken as a whole (SemanticState.broken)."""
+        if self.semantic_state is None:
+            return self.cornered
+        return self.cornered | (self.done & self.semantic_state.broken())
+
 
 _TABLES: dict = {}
 
@@ -125,7 +133,7 @@ def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, 
             rules[:, t] = machine.step(scores[:, t])
             if t % 16 == 15 and bool(machine.done.all()):  # the rest is padding; one sync per 16 steps
                 break
-    return finish(grammar, rules, machine.done, strings, machine.cornered)
+    return finish(grammar, rules, machine.done, strings, machine.flagged())
 
 
 @torch.no_grad()

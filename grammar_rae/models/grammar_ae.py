@@ -220,7 +220,8 @@ class GrammarAE(nn.Module):
         machine steps together with the decoder for the whole batch, on CPU or GPU.
 
         Under a semantic layer, a row that the masks cornered (at some step every rule its strongest tier
-        allowed was ruled out, so that tier was dropped) is decoded again from the same code by sampling
+        allowed was ruled out, so that tier was dropped), or whose finished molecule the layer finds broken
+        as a whole (an aromatic atom on no ring: SemanticState.broken), is decoded again from the same code by sampling
         (temperature ``redecode_temperature``) in rounds of ``REDECODE_ROUND`` copies, keeping the first
         copy that no mask had to give way in; a row leaves the rounds once it has one, and after
         ``redecodes`` copies without one keeps its first decode. (On zinc-grae's GMM samples 62% of copies
@@ -273,6 +274,6 @@ class GrammarAE(nn.Module):
                 rules[:, t] = prev
                 if t % check == check - 1 and bool(machine.done.all()):  # the rest is padding
                     break
-            return finish(self.grammar, rules, machine.done, strings, machine.cornered)
+            return finish(self.grammar, rules, machine.done, strings, machine.flagged())
         finally:
             self.train(was)

@@ -35,7 +35,8 @@ tests run all of ZINC250k through it):
     would finish a system odd is refused: the atom that takes its last bond, the ring closure that
     uses it, or the element of the molecule's last atom (which closes every open ring).
 Rows where a tier leaves no rule at some step are flagged (`StackMachine.cornered`) and decoded again
-by sampling (GrammarAE.decode).
+by sampling (GrammarAE.decode); so are finished rows whose whole molecule breaks what no step could see
+(`SemanticState.broken`: an aromatic atom on no ring, found from the SMILES tree and its ring closures).
 Bracket atoms are budgeted from their symbol, explicit H and charge (an ion has the valences of the
 element with its electron count; charges of two digits are not budgeted). Valences are RDKit's largest default ones, with
 every bond between aromatic atoms counted as 1 (a lower bound on its true order): the check is sound.
@@ -52,7 +53,7 @@ from ..grammar import Grammar
 TAG_NONE, TAG_RING, TAG_EDGE, TAG_BRACKET, TAG_HCOUNT, TAG_CHARGE = 0, 1, 2, 3, 4, 5
 TAGS = 8   # attr = level * TAGS + tag
 KIND_NONE, KIND_C, KIND_N, KIND_O, KIND_S = 0, 1, 2, 3, 4   # aromatic element kinds (Kekule parity)
-MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET = 96, 64, 64
+MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET, MAX_CLOSURES = 96, 64, 64, 48
 # RDKit's largest default valence (Chem.GetPeriodicTable().GetValenceList); aromatic c counts its
 # ring bonds as 1 each plus one exocyclic double bond at most (2-pyridone's C=O): 4
 VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 5, "F": 1, "I": 5, "Cl": 1, "Br": 1,
@@ -225,6 +226,7 @@ class SemanticState:
         self.arom_nbrs, self.to_come = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
         self.bracket_parent = z(B, v=-1)                 # a bracket atom's parent, linked at its symbol
         self.bracket_in = z(B)                           # and the bond order it was written with (0: implicit)
+        self.br_next, self.br_more = z(B), z(B, dtype=torch.bool)  # and its promises: a successor, ring bonds or branches
         # bonds written '-' (between aromatic atoms: a single bond, not an aromatic one; '/' and '\\' are
         # aromatic there, as RDKit reads them): the chain bond waiting for its atom, the bracket atom's, the
         # ring bond waiting for its digit, and each open ring's
@@ -241,6 +243,10 @@ class SemanticState:
         self.wild = z(B, MAX_ATOMS, dtype=torch.bool)
         self.br_arom = z(B, MAX_ATOMS, dtype=torch.bool)  # an aromatic bracket atom: its H and charge count
         self.h, self.q = z(B, MAX_ATOMS), z(B, MAX_ATOMS)
+        # the molecule's graph, for the checks that need all of it (:meth:`broken`): each atom's parent in
+        # the SMILES tree (chain and branch bonds) and depth there, and the ring closures (the bonds off it)
+        self.parent_of, self.depth = z(B, MAX_ATOMS, v=-1), z(B, MAX_ATOMS)
+        self.closures, self.n_closures = z(B, MAX_CLOSURES, 2, v=-1), z(B)
         self.rows = torch.arange(B, device=device)
 
     # ------------------------------------------------------------------ helpers
@@ -363,6 +369,40 @@ class SemanticState:
         """Atoms that can still follow, after the current entry is popped (a lower bound; > 0 is what counts)."""
         return (self.counts * self.t.ahead).sum(1) - self.t.ahead[lhs]
 
+    # ------------------------------------------------------------------ the whole molecule
+    def on_a_ring(self) -> torch.Tensor:
+        """[B, MAX_ATOMS] bool: atoms on a cycle of the molecular graph. Every cycle holds a ring closure, and
+        an atom lies on one exactly when it is on the tree path between the two ends of some closure
+        (their walk up to the common ancestor): all closures of the batch walk together, one tree level a
+        step."""
+        u, v = self.closures[..., 0], self.closures[..., 1]          # [B, K]; -1 where none
+        live = (u >= 0) & (v >= 0)
+        on = torch.zeros(self.B, MAX_ATOMS + 1, dtype=torch.bool, device=self.dev)   # column MAX_ATOMS: a sink
+        sink = torch.full_like(u, MAX_ATOMS)
+        mark = lambda x, m: on.scatter_(1, torch.where(m, x, sink), True)  # noqa: E731
+        mark(u, live), mark(v, live)
+        du = self.depth.gather(1, u.clamp(min=0))
+        dv = self.depth.gather(1, v.clamp(min=0))
+        for _ in range(MAX_ATOMS):
+            live = live & (u != v)
+            if not bool(live.any()):
+                break
+            up_u, up_v = live & (du >= dv), live & (dv >= du)
+            u = torch.where(up_u, self.parent_of.gather(1, u.clamp(min=0)), u)
+            v = torch.where(up_v, self.parent_of.gather(1, v.clamp(min=0)), v)
+            du, dv = du - up_u.long(), dv - up_v.long()
+            live = live & (u >= 0) & (v >= 0)
+            mark(u, live), mark(v, live)
+        return on[:, :MAX_ATOMS]
+
+    def broken(self) -> torch.Tensor:
+        """[B] bool: finished rows whose molecule breaks what only the whole of it shows, which no mask
+        could refuse step by step: an aromatic atom on no ring (RDKit: "non-ring atom marked aromatic";
+        two aromatic neighbours are not enough, as in c1ccccc1[nH]c1ccccc1). GrammarAE.decode decodes
+        such rows again, as those a mask cornered."""
+        atoms = torch.arange(MAX_ATOMS, device=self.dev)[None, :] < self.n_atoms[:, None]
+        return (self.aromatic & atoms & ~self.on_a_ring()).any(1)
+
     # ------------------------------------------------------------------ the mask
     def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, R] bool masks of the three tiers: ring structure, valence/aromaticity, Kekule parity."""
@@ -408,8 +448,10 @@ class SemanticState:
         # to be aromatic too
         parent_here = torch.where(in_bracket_now := (tag == TAG_BRACKET), self.bracket_parent, parent)
         p_arom = self._at(self.aromatic, parent_here) & (parent_here >= 0)
-        more_later = torch.where(self.has_rb | self.has_bb, 2, 0)
-        aromatic_ok = (p_arom.long() + self.has_next + more_later) >= 2
+        # (inside brackets the atom exists already: its promises were kept when '[' made it)
+        has_next = torch.where(in_bracket_now, self.br_next, self.has_next)
+        more_later = torch.where(torch.where(in_bracket_now, self.br_more, self.has_rb | self.has_bb), 2, 0)
+        aromatic_ok = (p_arom.long() + has_next + more_later) >= 2
         # the molecule's last atom: its ring bonds close the open rings, and only aromatic openers give it
         # aromatic neighbours; an aromatic opener short of them needs it aromatic
         opener_all = self.open_atom
@@ -418,7 +460,6 @@ class SemanticState:
         aromatic_ok = torch.where(must_close, (p_arom.long() + op_arom.sum(1)) >= 2, aromatic_ok)
         # an aromatic organic atom has at most MAX_DEGREE neighbours (c and n three: sp2)
         degree = (parent_here >= 0).long() + self.has_next + self.has_bb.long() + rings
-        aromatic_ok = torch.where(in_bracket_now, torch.ones_like(aromatic_ok), aromatic_ok)
         p_short = p_arom & (self._deficit(parent_here) > self._at(self.to_come, parent_here) - 1)
         p_short |= must_close & op_short.any(1)
         cols = t.element_rules
@@ -432,7 +473,9 @@ class SemanticState:
         charge_later = (self.counts[:, [t.lhs["BAC"], t.lhs["BAH"], t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
         bracket_free = cur_free - BRACKET_BUDGET           # minus the bonds promised, before the symbol
         sym_ok = (bracket_free[:, None] + t.budget[cols][None, :] + t.charge_gain[cols][None, :] * charge_later[:, None]) >= 0
-        elem_ok = torch.where(in_bracket[:, None], sym_ok & (arom_col | ~p_short[:, None]), elem_ok)
+        # (an aromatic bracket atom, [nH] or [n+], lies on a ring as any other: two aromatic neighbours)
+        sym_ok &= (arom_col | ~p_short[:, None]) & (~arom_col | aromatic_ok[:, None])
+        elem_ok = torch.where(in_bracket[:, None], sym_ok, elem_ok)
         soft[:, cols] = elem_ok
         soft[:, t.r_atom_ali] = soft[:, t.aliphatic_cols].any(1)
         soft[:, t.r_atom_aro] = soft[:, t.aromatic_cols].any(1)
@@ -623,6 +666,11 @@ class SemanticState:
             self.aromatic[rows, a] = torch.where(new, organic & t.aromatic[rule], self.aromatic[rows, a])
             self._link(rows, a, parent, organic)        # a bracket atom links when its symbol is known
             self.bracket_parent = torch.where(kind["bracket"], parent, self.bracket_parent)
+            self.parent_of[rows, a] = torch.where(new, parent, self.parent_of[rows, a])
+            self.depth[rows, a] = torch.where(new, torch.where(parent >= 0, self.depth[rows, pidx] + 1, 0),
+                                              self.depth[rows, a])
+            self.br_next = torch.where(kind["bracket"], self.has_next, self.br_next)
+            self.br_more = torch.where(kind["bracket"], self.has_rb | self.has_bb, self.br_more)
             self.cur = torch.where(new, a, self.cur)
             lv = self.next_level.clamp(0, MAX_LEVELS - 1)
             self.last_at_level[rows, lv] = torch.where(new, a, self.last_at_level[rows, lv])
@@ -715,6 +763,10 @@ class SemanticState:
             self.comp = torch.where(merge[:, None] & (self.comp == old_sys[:, None]) & (self.comp >= 0),
                                     new_sys[:, None], self.comp)
             self.to_come[rows, cidx] -= closing.long()   # the closer's ring bond is made
+            k = self.n_closures.clamp(max=MAX_CLOSURES - 1)
+            self.closures[rows, k] = torch.where(closing[:, None], torch.stack([self.cur, opener], 1),
+                                                 self.closures[rows, k])
+            self.n_closures += closing.long()
             self._link(rows, self.cur, opener, closing)  # and the opener's
             self.free[rows, cidx] -= torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))
             self.open_atom[rows, d] = torch.where(closing, torch.full_like(opener, -1),
@@ -768,7 +820,8 @@ def semantics_for(grammar: Grammar) -> SmilesSemantics | None:
 @torch.no_grad()
 def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """[N] bool: whether the semantic masks allow every rule of each true derivation ``rules`` [N, T]
-    (padded with the padding rule). A real molecule that is not admitted is a bug in the masks."""
+    (padded with the padding rule) and the finished molecule passes :meth:`SemanticState.broken`. A real
+    molecule that is not admitted is a bug in the masks."""
     from .decoding import StackMachine
 
     sem = semantics_for(grammar)
@@ -785,5 +838,5 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
             allowed = torch.stack(machine.semantic_state.mask(machine)).all(0)
             ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
             machine.force(r[:, step])
-        out.append(ok)
+        out.append(ok & ~machine.semantic_state.broken())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
