@@ -75,6 +75,8 @@ HAND_MADE = [
     # an aromatic atom on no ring, although it has two aromatic neighbours and the parity is even
     ("c1ccccc1[nH]c1ccccc1", False), ("c1ccccc1[nH]C", False),
     ("c1ccc2c(c1)[nH]c1ccccc12", True),   # carbazole: the same [nH], on the middle ring
+    # a charge of +2 leaves N three electrons: B-like, three bonds (RDKit), not five
+    ("C[NH3+2]", False), ("C[NH2+2]", True), ("C[OH2+2]", True), ("C[NH3+]", True), ("C[NH-]", True), ("C[NH2-]", False),
 ]
 
 

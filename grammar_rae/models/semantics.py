@@ -59,6 +59,7 @@ MAX_ATOMS, MAX_LEVELS, BRACKET_BUDGET, MAX_CLOSURES = 96, 64, 64, 48
 VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 5, "F": 1, "I": 5, "Cl": 1, "Br": 1,
            "c": 4, "n": 3, "o": 2, "s": 6}
 MAX_DEGREE = {"c": 3, "n": 3, "o": 2, "s": 4}   # neighbours of an aromatic organic atom (s: S-oxides)
+ELECTRONS = {"B": 3, "C": 4, "N": 5, "P": 5, "O": 6, "S": 6, "F": 7, "Cl": 7, "Br": 7, "I": 7}   # valence electrons
 BOND_ORDER = {"-": 1, "=": 2, "#": 3, "/": 1, "\\": 1}
 
 
@@ -129,11 +130,12 @@ class SmilesSemantics:
         self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
         self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
         # bracket atoms: what charge does to an element's valence (RDKit: an ion has the valences of the
-        # element with its electron count): N, O, S, P, halogens +q; B -q; C -|q| (kind +1, -1, 0); the
-        # largest gain a charge can bring, for masks chosen before the charge is
-        kind_of = {e: (0 if e in ("C", "c") else -1 if e == "B" else 1) for _, e, _ in elements}
+        # element with its electron count): B -q, C -|q| (kind -1, 0); N, O, S, P and halogens (kind: their
+        # valence electrons, 5-7) +q while the ion keeps at least four electrons, fewer below (_charge_delta);
+        # the largest gain a charge can bring, for masks chosen before the charge is
+        kind_of = {e: (0 if e in ("C", "c") else -1 if e == "B" else ELECTRONS[e.capitalize()]) for _, e, _ in elements}
         self.charge_kind = column({r: kind_of[e] for r, e, _ in elements})
-        self.charge_gain = column({r: {1: 8, -1: 1, 0: 0}[kind_of[e]] for r, e, _ in elements})
+        self.charge_gain = column({r: 8 if kind_of[e] > 0 else {-1: 1, 0: 0}[kind_of[e]] for r, e, _ in elements})
         self.r_h = [find("hcount", ["H"]), find("hcount", ["H", "DIGIT"])]
         charge_rules = rules_of("charge")
         self.charge_sign = column({r: (1 if body[0] == "+" else -1) for r, body in charge_rules})
@@ -529,10 +531,10 @@ class SemanticState:
 
         # explicit H and charge of a bracket atom (its symbol is known by then)
         kind_c = self.charge_kind
-        gain = torch.where(kind_c == 1, 8, torch.where(kind_c == -1, 1, 0)) * \
+        gain = torch.where(kind_c > 0, 8, torch.where(kind_c == -1, 1, 0)) * \
             (self.counts[:, [t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
         free_b = torch.where(cur_unbudgeted, torch.full_like(cur_free, BRACKET_BUDGET), cur_free)
-        gain_any = torch.where(kind_c == 1, 8, torch.where(kind_c == -1, 1, 0))
+        gain_any = torch.where(kind_c > 0, 8, torch.where(kind_c == -1, 1, 0))
         soft[:, t.r_h] = (free_b - 1 + gain >= 0)[:, None]
         soft[:, t.r_bac_chiral] = free_b >= 0
         soft[:, t.r_bac_more] = (free_b + gain_any >= 0)[:, None]
@@ -544,8 +546,8 @@ class SemanticState:
         for r in t.r_charge_one:
             soft[:, r] = free_b + _charge_delta(kind_c, one * int(t.charge_sign[r])) >= 0
         for r in t.r_charge_digit:   # the best digit for it
-            soft[:, r] = free_b + torch.maximum(_charge_delta(kind_c, one * int(t.charge_sign[r])),
-                                              _charge_delta(kind_c, one * 8 * int(t.charge_sign[r]))) >= 0
+            best = torch.stack([_charge_delta(kind_c, one * k * int(t.charge_sign[r])) for k in range(1, 9)]).amax(0)
+            soft[:, r] = free_b + best >= 0
         digits = t.digit[t.digit_rules][None, :]
         sign = self.charge_sign[:, None]
         extra = _charge_delta(kind_c[:, None], sign * digits) - _charge_delta(kind_c, self.charge_sign)[:, None]
@@ -790,8 +792,12 @@ class SemanticState:
 
 def _charge_delta(kind, q):
     """What a charge q does to a bracket atom's valence, by the element's kind (SmilesSemantics.charge_kind):
-    +q for N, O, S, P and halogens (kind 1), -q for B (-1), -|q| for C (0)."""
-    return torch.where(kind == 1, q, torch.where(kind == -1, -q, -q.abs()))
+    -q for B (-1), -|q| for C (0); for N, O, S, P and halogens (kind e, their valence electrons) the ion has
+    e - q electrons: 8 - (e - q) bonds while e - q >= 4 (+q: [NH4+], [O-]), else e - q (N+2 is B-like,
+    three bonds: +0 on N's three; RDKit refuses C[NH3+2])."""
+    few = (kind > 0) & (kind - q < 4)
+    return torch.where(few, 2 * kind - 8 - q,
+                       torch.where(kind > 0, q, torch.where(kind == -1, -q, -q.abs())))
 
 
 _SEMANTICS: dict = {}
@@ -826,6 +832,9 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
 
     sem = semantics_for(grammar)
     out = []
+    # batches of similar lengths: each stops at its longest derivation, not at the longest of all
+    order = (rules != grammar.padding_index).sum(1).argsort()
+    rules = rules[order]
     for i in range(0, len(rules), batch):
         r = rules[i:i + batch].long()
         B, T = r.shape
@@ -839,4 +848,6 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
             ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
             machine.force(r[:, step])
         out.append(ok & ~machine.semantic_state.broken())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    if not out:
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.empty_like(order, dtype=torch.bool).scatter_(0, order, torch.cat(out))
