@@ -21,6 +21,8 @@ from .trainer import Trainer, TrainConfig, distributed, resolve_device
 
 MIN_ROWS = 20
 MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
+# model settings that say how a network is trained, not its shape: a run started --init-from may choose its own
+LOSS_SETTINGS = ("beta", "lam", "vae_epsilon_std", "cv_sigma", "dropout", "rule_dropout")
 
 
 def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None, test: str = "first"):
@@ -151,9 +153,13 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
         config = start.config
         own = config.to_dict()
         differ = [f"{k}={v!r} (it has {own.get(k)!r})" for k, v in plan.overrides.items()
-                  if k in model_overrides and own.get(k) != v]
+                  if k in model_overrides and own.get(k) != v and k not in LOSS_SETTINGS]
         if differ:
             raise RunError(f"--init-from {init_from} starts from its own network; cannot apply {', '.join(differ)}")
+        for k in LOSS_SETTINGS:   # how it is trained, not its shape: this run's own
+            if k in model_overrides and model_overrides[k] is not None and own.get(k) != model_overrides[k]:
+                log(f"{k} = {model_overrides[k]!r} (the starting run had {own.get(k)!r})")
+                setattr(config, k, model_overrides[k])
         config.max_length = max(config.max_length, max_length)
     else:
         config = GrammarAEConfig.for_grammar(base.name, max_length, family, arch=arch, **plan.overrides)

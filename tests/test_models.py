@@ -184,6 +184,36 @@ def test_decoding_steps_agree_with_the_teacher_forced_forward_pass(expr, arch, k
         assert bool(machine.done.all())
 
 
+def test_rule_dropout_hides_previous_rules_in_training_only(expr):
+    """Word dropout: at rate 1 every previous-rule input is the start token, so in training the logits no
+    longer depend on which rules came before (only on z and each step's LHS); at rate 0, and in eval mode
+    at any rate, they do."""
+    rules = batch(expr, 8, seed=4).long()
+    z = torch.randn(8, 25)
+    # the same LHS at every step but other rules: the rows' own rules, each replaced by another of its LHS
+    lhs = torch.as_tensor(expr.rule_lhs)[rules]
+    other = rules.clone()
+    for r in range(expr.n_rules):
+        same = [q for q in range(expr.n_rules) if expr.rule_lhs[q] == expr.rule_lhs[r] and q != r]
+        if same:
+            other[rules == r] = same[0]
+    assert torch.equal(torch.as_tensor(expr.rule_lhs)[other], lhs) and not torch.equal(other, rules)
+
+    def logits(m, r):
+        return m.decoder(z, r)
+
+    hidden = small(rule_dropout=0.999999).train()
+    seen = small().train()
+    assert torch.allclose(logits(hidden, rules), logits(hidden, other), atol=1e-6)
+    assert not torch.allclose(logits(seen, rules), logits(seen, other), atol=1e-3)
+    hidden.eval()
+    assert torch.allclose(logits(hidden, rules), logits(small().eval(), rules))   # same seed, same weights
+    with pytest.raises(ValueError, match="rule_dropout"):
+        GrammarAEConfig.for_grammar("expr", 15, rule_dropout=1.0)
+    with pytest.raises(ValueError, match="teacher-forced"):
+        GrammarAEConfig.for_grammar("expr", 15, arch="gvae", rule_dropout=0.1)
+
+
 def zinc_batch(smiles, n=12):
     from grammar_rae.data.parsed import pack
 

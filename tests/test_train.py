@@ -531,3 +531,23 @@ def test_init_from_keeps_its_network_and_a_resume_keeps_init_from(tmp_path, one_
     assert code == 0, err
     code, out, err = train_cli("--out", new, "--resume", "--init-from", tmp_path, "--cache-dir", cache)
     assert code == 1 and "--init-from" in the_error(err)
+
+
+def test_init_from_may_train_its_network_with_other_loss_weights(tmp_path, one_epoch_run, expr_file):
+    """--lam, --beta and --rule-dropout say how the network is trained, not its shape: a run started from
+    another may choose its own (recorded in its run.json), and a resume keeps them."""
+    start, cache = one_epoch_run, one_epoch_run.parent / "cache"
+    new = tmp_path / "tuned"
+    own = json.loads((start / "run.json").read_text())["model"]
+    code, out, err = train_cli("--init-from", start, "--data", expr_file, "--epochs", "1", "--out", new,
+                               "--cache-dir", cache, "--lam", "0.001", "--rule-dropout", "0.25")
+    assert code == 0, err
+    assert f"lam = 0.001 (the starting run had {own['lam']!r})" in out
+    meta = json.loads((new / "run.json").read_text())["model"]
+    assert meta["lam"] == 0.001 and meta["rule_dropout"] == 0.25 and own["lam"] != 0.001
+    assert {k: v for k, v in meta.items() if k not in ("lam", "rule_dropout")} == \
+        {k: v for k, v in own.items() if k not in ("lam", "rule_dropout")}
+    code, out, err = train_cli("--out", new, "--resume", "--epochs", "2", "--cache-dir", cache)
+    assert code == 0, err
+    again = json.loads((new / "run.json").read_text())["model"]
+    assert again["lam"] == 0.001 and again["rule_dropout"] == 0.25

@@ -11,7 +11,7 @@ from . import main, options as O
 
 # the network settings `train` can override (GrammarAEConfig fields) and the schedule (TrainConfig fields)
 NETWORK = ("latent_dim", "decoder_hidden", "decoder_layers", "encoder_hidden", "decoder", "beta", "lam",
-           "vae_epsilon_std")
+           "vae_epsilon_std", "rule_dropout")
 network_options = O.apply(
     click.option("--latent-dim", type=int, default=None, help="Default: 25 (expr), 56 (smiles)."),
     click.option("--decoder-hidden", type=int, default=None, help="GRU width. Default: the recipe's."),
@@ -21,6 +21,11 @@ network_options = O.apply(
                  help="--arch gvae only: its z-repeated decoder (default), or one that also reads the previous rule."),
     click.option("--beta", type=float, default=None, help="Weight of the latent term (½‖z‖², or KL for VAE)."),
     click.option("--lam", type=float, default=None, help="Weight of the decoder regulariser (L2 / GP)."),
+    click.option("--rule-dropout", type=float, default=None,
+                 help="Teacher-forced decoder, in training: the probability that each previous-rule input is "
+                      "replaced by the start token (word dropout; a regulariser that makes the decoder lean on z). "
+                      "Default 0. With --init-from, this, --beta, --lam and --vae-epsilon-std may differ from the "
+                      "starting run's (the network's sizes may not)."),
     click.option("--vae-epsilon-std", type=float, default=None,
                  help="vae/cvae: scale of the reparameterisation noise. 1.0 (default) is the textbook VAE; 0.01 is "
                       "the GrammarVAE code's convention (its published baselines), which avoids posterior collapse."),

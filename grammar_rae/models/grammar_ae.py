@@ -46,6 +46,8 @@ class GrammarAEConfig:
     decoder_hidden: int = 100
     decoder_layers: int = 3
     dropout: float = 0.0            # between stacked GRU layers (teacher-forced)
+    rule_dropout: float = 0.0       # teacher-forced, training only: each previous-rule input replaced by the
+                                    # start token with this probability (word dropout, Bowman et al. 2016)
     batch_norm: bool = True         # gvae encoder
     beta: float | None = None       # weight of ½‖z‖² (RAE), KL (VAE), ½‖μ‖² (CV-VAE); None: default
     lam: float | None = None        # weight of the decoder regulariser (L2, GP); None: default
@@ -77,6 +79,10 @@ class GrammarAEConfig:
         if self.decoder not in ("gvae", "autoregressive"):
             raise ConfigError("decoder must be 'gvae' or 'autoregressive'")
         self.conv_channels, self.conv_kernels = tuple(self.conv_channels), tuple(self.conv_kernels)
+        if not 0 <= self.rule_dropout < 1:
+            raise ConfigError(f"rule_dropout must be in [0, 1), got {self.rule_dropout}")
+        if self.rule_dropout and self.arch == "gvae":
+            raise ConfigError("rule_dropout applies to the teacher-forced decoder (the gvae decoder reads no previous rule)")
         beta, lam = f.grammar_weights
         self.beta = beta if self.beta is None else self.beta
         self.lam = lam if self.lam is None else self.lam

@@ -9,8 +9,8 @@ Decoder: a GRU whose input at step t is [embedding(rule t−1) + embedding(LHS o
 initial state is tanh(W z). The LHS of step t is the non-terminal on top of the decoding stack, a
 function of the earlier rules (in training: the true rule's LHS; when decoding: the stack machine's
 top), so the GRU is told which non-terminal it expands instead of having to track the stack. In
-training the previous rules are the true ones (teacher forcing); when decoding, the stack machine's
-own choices. Padding steps (after the end of a derivation) cost nothing under the grammar mask, so a
+training the previous rules are the true ones (teacher forcing; with ``rule_dropout`` some are replaced
+by the start token, word dropout); when decoding, the stack machine's own choices. Padding steps (after the end of a derivation) cost nothing under the grammar mask, so a
 batch can be cut to its longest derivation without changing the loss or its gradients.
 """
 from __future__ import annotations
@@ -63,6 +63,7 @@ class TeacherForcedDecoder(nn.Module):
         super().__init__()
         vocab, rule_lhs, n_lhs = g.n_rules, torch.as_tensor(g.rule_lhs), len(g.lhs_list)
         self.vocab, self.layers, self.hidden = vocab, c.decoder_layers, c.decoder_hidden
+        self.rule_dropout = c.rule_dropout
         self.register_buffer("rule_lhs", rule_lhs.long(), persistent=False)
         self.prev_embedding = nn.Embedding(vocab + 1, c.embedding_dim)    # index `vocab` = start
         self.lhs_embedding = nn.Embedding(n_lhs, c.embedding_dim)
@@ -84,6 +85,9 @@ class TeacherForcedDecoder(nn.Module):
                              "use GrammarAE.decode() to generate")
         rules = rules.long()
         prev = torch.cat([torch.full_like(rules[:, :1], self.vocab), rules[:, :-1]], 1)
+        if self.training and self.rule_dropout > 0:   # word dropout: the decoder must lean on z (and the LHS)
+            dropped = torch.rand(prev.shape, device=prev.device) < self.rule_dropout
+            prev = prev.masked_fill(dropped, self.vocab)
         x = self.prev_embedding(prev) + self.lhs_embedding(self.rule_lhs[rules])
         x = torch.cat([x, z[:, None, :].expand(-1, rules.shape[1], -1).to(x.dtype)], -1)
         h0 = self.initial_state(z)
