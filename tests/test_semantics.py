@@ -228,6 +228,38 @@ def test_rows_the_masks_cornered_are_decoded_again_and_no_others(shipped_samples
     assert bool(again.complete[fixed].all())
 
 
+def test_dropping_finished_rows_from_the_decoding_loop_changes_no_decode(shipped_samples, monkeypatch):
+    """Rows whose derivation ended leave the working set (their stacks, semantic state and GRU state);
+    argmax decodes, completeness and the flags for decoding again are those of the loop that keeps them."""
+    import grammar_rae.models.grammar_ae as ga
+    from grammar_rae.models.decoding import StackMachine
+    from grammar_rae.run import load_run
+
+    z, _, _ = shipped_samples
+    net, _ = load_run("zinc-grae")
+    net.redecodes = 0
+    zt = torch.as_tensor(z, dtype=torch.float32)
+    cuts, real = [], StackMachine.select
+
+    def counting(self, keep):
+        cuts.append((len(keep), int(keep.sum())))
+        return real(self, keep)
+
+    monkeypatch.setattr(StackMachine, "select", counting)
+    for semantics in (True, False):
+        net.semantics = semantics
+        monkeypatch.setattr(ga, "COMPACT_AT", 0)
+        whole = net.decode(zt)
+        assert cuts == []
+        monkeypatch.setattr(ga, "COMPACT_AT", 4)
+        cut = net.decode(zt)
+        assert len(cuts) >= 2 and all(k <= 3 * n // 4 for n, k in cuts)      # it did drop rows, a quarter at a time
+        cuts.clear()
+        assert torch.equal(cut.rules, whole.rules) and torch.equal(cut.complete, whole.complete)
+        assert torch.equal(cut.cornered, whole.cornered) and cut.strings == whole.strings
+    assert int(whole.cornered.sum()) == 0 and int(cut.complete.sum()) > 150
+
+
 def test_cornered_rows_are_decoded_again_in_rounds_until_each_has_a_good_copy(shipped_samples, monkeypatch):
     """Re-decoding goes in rounds of REDECODE_ROUND copies a row; a row that got a good copy leaves, so the
     rounds shrink and decode far fewer rows than `redecodes` copies of every cornered row at once."""

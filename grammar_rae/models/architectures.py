@@ -60,7 +60,9 @@ class Decoder(Protocol):
         ...
 
     def initial_state(self, z: torch.Tensor) -> Any:
-        """The recurrent state before the first step (autoregressive decoders)."""
+        """The recurrent state before the first step (autoregressive decoders): None, an RNN's tensor
+        [layers, B, H] or a tuple of them (batch in dim 1, as decoding drops finished rows from it), or
+        anything the decoder's own ``select_state(state, keep)`` can cut to the rows ``keep``."""
         ...
 
     def step(self, z: torch.Tensor, prev: torch.Tensor, lhs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

@@ -94,6 +94,14 @@ class StackMachine:
     def done(self) -> torch.Tensor:
         return self.sp == 0
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep`` [B] bool (those still running): the stacks, and the semantic state's
+        rows with them (a decoding loop drops finished rows so that they cost nothing more)."""
+        for name in ("stack", "sp", "cornered"):
+            setattr(self, name, getattr(self, name)[keep])
+        if self.semantic_state is not None:
+            self.semantic_state.select(keep)
+
     def flagged(self) -> torch.Tensor:
         """[B] bool: rows to decode again -- those a mask cornered, and finished rows whose molecule the
         semantic layer finds broken as a whole (SemanticState.broken)."""

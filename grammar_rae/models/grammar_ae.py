@@ -29,6 +29,8 @@ MODELS = GRAMMAR_MODELS
 # GrammarAE.decode: a cornered row is decoded again, at most REDECODES times, REDECODE_ROUND copies a round,
 # with draws seeded by REDECODE_SEED
 REDECODES, REDECODE_ROUND, REDECODE_SEED = 16, 2, 0
+# GrammarAE._decode_once: finished rows leave the working set once 1 / COMPACT_AT of it has finished (0: never)
+COMPACT_AT = 4
 
 
 @dataclass
@@ -261,6 +263,16 @@ class GrammarAE(nn.Module):
             todo, tries = todo[~got], tries + k
         return Decoded(rules, complete, texts, cornered)
 
+    def _select_state(self, state, keep):
+        """The decoder's recurrent state for the rows ``keep`` (batch in dim 1; Decoder.initial_state)."""
+        if hasattr(self.decoder, "select_state"):
+            return self.decoder.select_state(state, keep)
+        if state is None:
+            return None
+        if isinstance(state, tuple):
+            return tuple(s[:, keep] for s in state)
+        return state[:, keep]
+
     def _decode_once(self, z, sample, temperature, generator, strings) -> Decoded:
         was = self.training
         self.eval()
@@ -273,13 +285,28 @@ class GrammarAE(nn.Module):
             rules = torch.full((B, T), self.grammar.padding_index, dtype=torch.long, device=z.device)
             prev = torch.full((B,), self.grammar.n_rules, dtype=torch.long, device=z.device)
             state = self.decoder.initial_state(z)
+            # rows still running (their index in the batch); finished rows leave the working set once a
+            # quarter of it has finished, so the long tail of a batch costs only its own rows
+            live = torch.arange(B, device=z.device)
+            done, flagged = torch.zeros(B, dtype=torch.bool, device=z.device), torch.zeros_like(live, dtype=torch.bool)
             check = 1 if z.device.type == "cpu" else 16  # a host sync per check on a GPU
             for t in range(T):
                 logits, state = self.decoder.step(z, prev, machine.top(), state)
                 prev = machine.step(logits, sample, temperature, generator)
-                rules[:, t] = prev
-                if t % check == check - 1 and bool(machine.done.all()):  # the rest is padding
-                    break
-            return finish(self.grammar, rules, machine.done, strings, machine.flagged())
+                rules[live, t] = prev
+                if t % check == check - 1:
+                    finished = machine.done
+                    n = int(finished.sum())
+                    if n == len(live):                                  # the rest is padding
+                        break
+                    if n * COMPACT_AT >= len(live):
+                        done[live[finished]] = True
+                        flagged[live[finished]] = machine.flagged()[finished]
+                        keep = ~finished
+                        machine.select(keep)
+                        live, z, prev = live[keep], z[keep], prev[keep]
+                        state = self._select_state(state, keep)
+            done[live], flagged[live] = machine.done, machine.flagged()
+            return finish(self.grammar, rules, done, strings, flagged)
         finally:
             self.train(was)

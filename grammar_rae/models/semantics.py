@@ -251,6 +251,14 @@ class SemanticState:
         self.closures, self.n_closures = z(B, MAX_CLOSURES, 2, v=-1), z(B)
         self.rows = torch.arange(B, device=device)
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the rows ``keep`` [B] bool of every per-row tensor (StackMachine.select)."""
+        for name, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor) and name != "rows":
+                setattr(self, name, v[keep])
+        self.B = int(keep.sum())
+        self.rows = torch.arange(self.B, device=self.dev)
+
     # ------------------------------------------------------------------ helpers
     def _top(self, machine):
         sp = machine.sp
@@ -545,10 +553,9 @@ class SemanticState:
         one = torch.ones_like(kind_c)
         for r in t.r_charge_one:
             soft[:, r] = free_b + _charge_delta(kind_c, one * int(t.charge_sign[r])) >= 0
-        for r in t.r_charge_digit:   # the best digit for it
-            best = torch.stack([_charge_delta(kind_c, one * k * int(t.charge_sign[r])) for k in range(1, 9)]).amax(0)
-            soft[:, r] = free_b + best >= 0
         digits = t.digit[t.digit_rules][None, :]
+        for r in t.r_charge_digit:   # the best digit for it
+            soft[:, r] = free_b + _charge_delta(kind_c[:, None], digits * int(t.charge_sign[r])).amax(1) >= 0
         sign = self.charge_sign[:, None]
         extra = _charge_delta(kind_c[:, None], sign * digits) - _charge_delta(kind_c, self.charge_sign)[:, None]
         h_digit_ok = (free_b[:, None] - (digits - 1) + gain[:, None]) >= 0
