@@ -510,10 +510,18 @@ class SemanticState:
         last_bad = self._last_atom_finishes_odd(slots, odd, wild, parent_here, dash, n_open, op_arom, cols)
         bad_col |= must_close[:, None] & last_bad & ~(in_bracket_now[:, None] & arom_col)  # a bracket atom is wild
         kek[:, cols] = ~bad_col
-        kek[:, t.r_atom_ali] = kek[:, t.aliphatic_cols].any(1)
-        kek[:, t.r_atom_aro] = kek[:, t.aromatic_cols].any(1)
-        kek[:, t.r_sym_ali] = kek[:, t.aliphatic_cols].any(1)
-        kek[:, t.r_sym_aro] = kek[:, t.aromatic_cols].any(1)
+        # a rule that leads to an element is allowed by this tier if some element passes both tiers (an
+        # element that passes each tier alone, but not both, would corner the next step)
+        both = soft[:, cols] & ~bad_col
+        ali, aro = ~t.aromatic[cols], t.aromatic[cols]
+        kek[:, t.r_atom_ali] = kek[:, t.r_sym_ali] = both[:, ali].any(1)
+        kek[:, t.r_atom_aro] = kek[:, t.r_sym_aro] = both[:, aro].any(1)
+        # '[' only where some bracket symbol will pass: the aromaticity rules and the parity, as they will
+        # stand at the symbol (a bracket atom's budget can be met by its H and charge; it is exempt from the
+        # last atom's check, being wild)
+        br_soft = (arom_col | ~p_short[:, None]) & (~arom_col | aromatic_ok[:, None])
+        soft[:, t.r_atom_bracket] = br_soft.any(1) | in_bracket_now
+        kek[:, t.r_atom_bracket] = (br_soft & ~(finish_odd[:, None] & ~joins)).any(1) | in_bracket_now
 
         # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
         p = self.counts[:, t.lhs["ringbond"]]
