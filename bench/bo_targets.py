@@ -270,7 +270,9 @@ def cmd_run(a):
                 res.update(task=task, target=target, method=name, budget=a.budget, seed=seed,
                            higher_is_better=obj.higher_is_better, bo=bo_kw if method == "bo" else None)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(res, indent=1))
+                tmp = path.with_name(path.name + ".partial")   # a kill mid-write leaves no result to skip
+                tmp.write_text(json.dumps(res, indent=1))
+                tmp.replace(path)
                 print(f"{target[:40]:40} {name:10} budget {a.budget:3} seed {seed}: best {res['best']}, "
                       f"mean {res['mean']}, valid {res['fraction_valid']:.2f}, {res['seconds']:.0f} s", flush=True)
 
