@@ -252,6 +252,8 @@ def cmd_run(a):
     if a.part:
         k, n = (int(v) for v in a.part.split("/"))
         targets = targets[k - 1::n]
+    from grammar_rae.checkpoint import write_json
+
     bo_kw = _parse_kw(a.bo)
     label = a.bo_label or ("bo" if not bo_kw else "bo-" + "-".join(f"{k}{v}" for k, v in sorted(bo_kw.items())))
     for target in targets:
@@ -269,10 +271,7 @@ def cmd_run(a):
                     res = {"random": run_random, "gmm": run_gmm, "ga": run_ga}[method](model, data, obj, a.budget, seed)
                 res.update(task=task, target=target, method=name, budget=a.budget, seed=seed,
                            higher_is_better=obj.higher_is_better, bo=bo_kw if method == "bo" else None)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".partial")   # a kill mid-write leaves no result to skip
-                tmp.write_text(json.dumps(res, indent=1))
-                tmp.replace(path)
+                write_json(path, res)   # atomic: a kill mid-write leaves no torn result to skip
                 print(f"{target[:40]:40} {name:10} budget {a.budget:3} seed {seed}: best {res['best']}, "
                       f"mean {res['mean']}, valid {res['fraction_valid']:.2f}, {res['seconds']:.0f} s", flush=True)
 

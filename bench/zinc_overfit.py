@@ -52,7 +52,7 @@ def main():
     tr, _, te = load_split(RunDir.open(a.run).path, meta)
     train_rows = np.sort(np.random.default_rng(0).choice(tr, size=min(a.n, len(tr)), replace=False))
     report = {"run": a.run, "checkpoint": meta["checkpoint"], "train": measure(net, ds, train_rows),
-              "test": measure(net, ds, te[:a.n]), "seconds": None}
+              "test": measure(net, ds, te[:a.n])}
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=1))
     if a.out:

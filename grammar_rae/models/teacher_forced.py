@@ -10,8 +10,9 @@ initial state is tanh(W z). The LHS of step t is the non-terminal on top of the 
 function of the earlier rules (in training: the true rule's LHS; when decoding: the stack machine's
 top), so the GRU is told which non-terminal it expands instead of having to track the stack. In
 training the previous rules are the true ones (teacher forcing; with ``rule_dropout`` some are replaced
-by the start token, word dropout); when decoding, the stack machine's own choices. Padding steps (after the end of a derivation) cost nothing under the grammar mask, so a
-batch can be cut to its longest derivation without changing the loss or its gradients.
+by the start token, word dropout); when decoding, the stack machine's own choices. Padding steps (after
+the end of a derivation) cost nothing under the grammar mask, so a batch can be cut to its longest
+derivation without changing the loss or its gradients.
 """
 from __future__ import annotations
 
