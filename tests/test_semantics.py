@@ -260,27 +260,39 @@ def test_dropping_finished_rows_from_the_decoding_loop_changes_no_decode(shipped
     assert int(whole.cornered.sum()) == 0 and int(cut.complete.sum()) > 150
 
 
-def test_cornered_rows_are_decoded_again_in_rounds_until_each_has_a_good_copy(shipped_samples, monkeypatch):
-    """Re-decoding goes in rounds of REDECODE_ROUND copies a row; a row that got a good copy leaves, so the
-    rounds shrink and decode far fewer rows than `redecodes` copies of every cornered row at once."""
+def test_cornered_rows_get_copies_inside_the_decoding_loop_until_each_has_a_good_one(shipped_samples, monkeypatch):
+    """A flagged row gets REDECODE_ROUND sampled copies added to the working set of the same loop, and
+    each failed copy as many again while the row has copies left; a row with a good copy stops getting
+    them, so far fewer copies are made than `redecodes` of every cornered row, and the loop runs far fewer
+    steps than rounds of whole decodes would."""
+    from grammar_rae.models.decoding import StackMachine
     from grammar_rae.models.grammar_ae import REDECODE_ROUND
     from grammar_rae.run import load_run
 
     z, _, _ = shipped_samples
     net, _ = load_run("zinc-grae")
     zt = torch.as_tensor(z, dtype=torch.float32)
-    sizes, real = [], net._decode_once
+    added, steps, real_extend, real_choose = [], [], StackMachine.extend, StackMachine.choose
 
-    def counting(codes, *a):
-        sizes.append(len(codes))
-        return real(codes, *a)
+    def extending(self, k):
+        added.append(k)
+        return real_extend(self, k)
+
+    def choosing(self, scores):
+        steps.append(len(scores))
+        return real_choose(self, scores)
 
     net.redecodes = 0
-    cornered = int(net.decode(zt).cornered.sum())                     # rows the first decode leaves cornered
+    once = net.decode(zt)
+    cornered = int(once.cornered.sum())
+    first_steps = int((once.rules != net.grammar.padding_index).sum(1).max())
     net.redecodes = 16
-    monkeypatch.setattr(net, "_decode_once", counting)
-    net.decode(zt)
-    rounds = sizes[1:]                                                 # sizes[0]: the first decode of every row
-    assert sizes[0] == len(zt) and cornered >= 5 and rounds[0] == REDECODE_ROUND * cornered
-    assert all(b <= a for a, b in zip(rounds, rounds[1:])) and len(rounds) <= net.redecodes // REDECODE_ROUND
-    assert sum(rounds) < net.redecodes * cornered / 2                  # under half of 16 copies of each at once
+    monkeypatch.setattr(StackMachine, "extend", extending)
+    monkeypatch.setattr(StackMachine, "choose", choosing)
+    again = net.decode(zt)
+    assert cornered >= 5 and added and all(k % REDECODE_ROUND == 0 for k in added)
+    assert sum(added) < net.redecodes * cornered / 2                   # under half of 16 copies of each
+    assert int(again.cornered.sum()) < cornered // 2
+    # one loop: fewer steps than the first decode plus one whole decode per round of copies
+    assert len(steps) < first_steps * (1 + net.redecodes // REDECODE_ROUND)
+    assert max(steps) <= len(zt) + sum(added)

@@ -41,12 +41,14 @@ class StackMachine:
     def __init__(self, grammar: Grammar, batch: int, max_steps: int, device="cpu", semantics=None):
         self.grammar = grammar
         tables = _tables(grammar, torch.device(device))
-        self.mask, self.push, self.n_push = tables
+        self.mask, self.push, self.n_push, self.min_len, self.push_min = tables
         width = self.push.shape[1]
         depth = max_steps * max(width - 1, 1) + width + 1  # each step grows the stack by ≤ width-1
         self.stack = torch.zeros(batch, depth, dtype=torch.long, device=device)
         self.stack[:, 0] = grammar.start_index
         self.sp = torch.ones(batch, dtype=torch.long, device=device)
+        # the fewest steps the entries on each stack still need (_shortest): > the steps left, it cannot finish
+        self.min_left = torch.full((batch,), int(self.min_len[grammar.start_index]), dtype=torch.long, device=device)
         self._offsets = torch.arange(width, device=device)[None, :]
         self._padding_lhs = torch.tensor(grammar.padding_lhs, device=device)
         # an optional semantic layer (semantics.py): extra masks from what the derivation has built
@@ -69,6 +71,11 @@ class StackMachine:
     def step(self, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Choose one rule per sample from ``logits`` [B, R]; returns the rule indices [B]."""
+        return self.choose(_scores(logits, sample, temperature, generator))
+
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """The allowed rule of highest score per sample (``scores`` [B, R]: logits, or logits plus Gumbel
+        noise for a sample); applies it and returns the rule indices [B]."""
         allowed = self.current_mask()
         if self.semantic_state is not None:  # never an empty choice: the strongest mask that leaves one
             tiers = [allowed]
@@ -77,7 +84,6 @@ class StackMachine:
             for stronger in tiers[1:]:
                 allowed = torch.where(stronger.any(1, keepdim=True), stronger, allowed)
             self.cornered |= ~tiers[-1].any(1) & (self.sp > 0)
-        scores = _scores(logits, sample, temperature, generator)
         rule = scores.masked_fill(~allowed, float("-inf")).argmax(1)
         self.force(rule)
         return rule
@@ -86,7 +92,9 @@ class StackMachine:
         """Apply the rules [B] chosen at this step: the semantic record, then pop and push."""
         if self.semantic_state is not None:
             self.semantic_state.update(self, rule)
-        self.sp -= (self.sp > 0).long()  # pop
+        active = self.sp > 0
+        self.min_left += torch.where(active, self.push_min[rule] - self.min_len[self.top()], 0)
+        self.sp -= active.long()  # pop
         self.stack.scatter_(1, self.sp[:, None] + self._offsets, self.push[rule])  # push RHS, reversed
         self.sp += self.n_push[rule]
 
@@ -94,20 +102,43 @@ class StackMachine:
     def done(self) -> torch.Tensor:
         return self.sp == 0
 
+    def cannot_finish(self, steps_left) -> torch.Tensor:
+        """[B] bool: rows whose stacks need more steps than ``steps_left`` (an int or [B]) to finish."""
+        return self.min_left > steps_left
+
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` [B] bool (those still running): the stacks, and the semantic state's
         rows with them (a decoding loop drops finished rows so that they cost nothing more)."""
-        for name in ("stack", "sp", "cornered"):
+        for name in ("stack", "sp", "cornered", "min_left"):
             setattr(self, name, getattr(self, name)[keep])
         if self.semantic_state is not None:
             self.semantic_state.select(keep)
 
-    def flagged(self) -> torch.Tensor:
+    def extend(self, k: int) -> None:
+        """Append ``k`` rows at the start symbol, with a fresh semantic state (a decoding loop adds copies
+        of rows to decode again)."""
+        stack = torch.zeros(k, self.stack.shape[1], dtype=self.stack.dtype, device=self.stack.device)
+        stack[:, 0] = self.grammar.start_index
+        self.stack = torch.cat([self.stack, stack])
+        self.sp = torch.cat([self.sp, torch.ones(k, dtype=self.sp.dtype, device=self.sp.device)])
+        self.cornered = torch.cat([self.cornered, torch.zeros(k, dtype=torch.bool, device=self.stack.device)])
+        self.min_left = torch.cat([self.min_left, self.min_left.new_full((k,), int(self.min_len[self.grammar.start_index]))])
+        if self.semantic_state is not None:
+            self.semantic_state.extend(k)
+
+    def flagged(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[B] bool: rows to decode again -- those a mask cornered, and finished rows whose molecule the
-        semantic layer finds broken as a whole (SemanticState.broken)."""
+        semantic layer finds broken as a whole (SemanticState.broken). ``rows`` [B] bool: judge only
+        these (the others False; the whole-molecule check is the costly part)."""
+        out = self.cornered if rows is None else self.cornered & rows
         if self.semantic_state is None:
-            return self.cornered
-        return self.cornered | (self.done & self.semantic_state.broken())
+            return out
+        finished = self.done if rows is None else self.done & rows
+        if not bool(finished.any()):
+            return out
+        out = out.clone()
+        out[finished] |= self.semantic_state.broken(finished)
+        return out
 
 
 _TABLES: dict = {}
@@ -124,8 +155,36 @@ def _tables(grammar: Grammar, device: torch.device):
             for k, lhs in enumerate(reversed(nts)):
                 push[r, k] = max(lhs, 0)  # -1 (never completes) only on rules the mask forbids
         mask = torch.as_tensor(grammar.decoding_mask)
-        _TABLES[key] = (mask.to(device), push.to(device), n_push.to(device))
+        min_len, push_min = _shortest(grammar)
+        _TABLES[key] = tuple(v.to(device) for v in (mask, push, n_push, min_len, push_min))
     return _TABLES[key]
+
+
+def _shortest(grammar: Grammar):
+    """(min_len [L], push_min [R]): the fewest steps in which each non-terminal can be derived to
+    terminals, and per rule the sum of that over the non-terminals it pushes (NEVER where one can never
+    be). A stack whose entries need more steps than the decoder has left cannot finish."""
+    L, R = len(grammar.lhs_list), grammar.n_rules
+    inf = NEVER
+    min_len = np.full(L, inf, dtype=np.int64)
+    usable = grammar.decoding_mask.any(0)
+    changed = True
+    while changed:
+        changed = False
+        for r in range(R):
+            nts = grammar.rule_rhs_nonterminals[r]
+            if not usable[r] or any(n < 0 for n in nts):
+                continue
+            cost = 1 + sum(int(min_len[n]) for n in nts)
+            lhs = grammar.rule_lhs[r]
+            if cost < min_len[lhs]:
+                min_len[lhs], changed = min(cost, inf), True
+    push_min = np.array([min(inf, sum(int(min_len[n]) if n >= 0 else inf for n in nts))
+                         for nts in grammar.rule_rhs_nonterminals], dtype=np.int64)
+    return torch.as_tensor(min_len), torch.as_tensor(push_min)
+
+
+NEVER = 1 << 20   # _shortest: no derivation
 
 
 def decode_tensor(grammar: Grammar, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
@@ -193,7 +252,7 @@ def _native_decode(grammar: Grammar, scores: torch.Tensor):
         for lhs, row in enumerate(mask):
             idx = np.flatnonzero(row)
             cand[lhs, : len(idx)] = idx
-        _, push, n_push = _tables(grammar, torch.device("cpu"))
+        _, push, n_push, _, _ = _tables(grammar, torch.device("cpu"))
         _CANDIDATES[key] = (cand, push.numpy().astype(np.int32), n_push.numpy().astype(np.int32))
     cand, push, n_push = _CANDIDATES[key]
     B, T, R = scores.shape

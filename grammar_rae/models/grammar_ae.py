@@ -22,7 +22,7 @@ from ..grammar import Grammar, load_grammar
 from . import regularisers as R
 from .family import GRAMMAR_MODELS, family
 from .architectures import architecture, cuts_padding
-from .decoding import Decoded, StackMachine, finish
+from .decoding import Decoded, StackMachine, _scores, finish
 from .decoding import decode as masked_decode
 
 MODELS = GRAMMAR_MODELS
@@ -229,24 +229,29 @@ class GrammarAE(nn.Module):
 
         Under a semantic layer, a row that the masks cornered (at some step every rule its strongest tier
         allowed was ruled out, so that tier was dropped), or whose finished molecule the layer finds broken
-        as a whole (an aromatic atom on no ring: SemanticState.broken), is decoded again from the same code by sampling
-        (temperature ``redecode_temperature``) in rounds of ``REDECODE_ROUND`` copies, keeping the first
-        copy that no mask had to give way in; a row leaves the rounds once it has one, and after
-        ``redecodes`` copies without one keeps its first decode. (On zinc-grae's GMM samples 62% of copies
-        are good and every cornered row got one within 5: rounds of 2 decode about a seventh of the rows
-        that 16 copies at once did.) A true derivation is
+        as a whole (an aromatic atom on no ring: SemanticState.broken), is decoded again from the same code
+        by sampling (temperature ``redecode_temperature``), at most ``redecodes`` times, keeping the first
+        copy that no mask had to give way in; after ``redecodes`` bad copies it keeps its first decode. An
+        autoregressive decoder does this inside its decoding loop: a flagged row starts again at once
+        while the others go on, and a copy that gets cornered is abandoned at that step (it could not be
+        kept), so the copies cost little more than the tail of the first decode (_decode_once). A
+        non-autoregressive decoder decodes again in rounds of ``REDECODE_ROUND`` copies. (On zinc-grae's
+        GMM samples 62% of copies are good and every cornered row got one within 5.) A true derivation is
         never cornered (the masks admit every real molecule), so this changes only decodes that were
         already wrong. Seeded: the same batch of codes gives the same strings (a re-decoded row's draws
-        depend on the other rows re-decoded with it)."""
+        depend on the other rows decoded with it)."""
+        retries = self.redecodes if self.semantic_layer is not None else 0
+        if self.decoder.autoregressive:
+            return self._decode_once(z, sample, temperature, generator, strings, retries)
         out = self._decode_once(z, sample, temperature, generator, strings)
-        if out.cornered is None or not self.redecodes or not bool(out.cornered.any()):
+        if out.cornered is None or not retries or not bool(out.cornered.any()):
             return out
         gen = torch.Generator(device=z.device).manual_seed(REDECODE_SEED)
         rules, complete, cornered = out.rules.clone(), out.complete.clone(), out.cornered.clone()
         texts = list(out.strings) if out.strings is not None else None
         todo, tries = out.cornered.nonzero().flatten(), 0
-        while len(todo) and tries < self.redecodes:
-            k = min(REDECODE_ROUND, self.redecodes - tries)
+        while len(todo) and tries < retries:
+            k = min(REDECODE_ROUND, retries - tries)
             again = self._decode_once(z[todo].repeat_interleave(k, 0), True, self.redecode_temperature, gen, strings)
             good = (again.complete & ~again.cornered).view(len(todo), k)
             got = good.any(1)
@@ -273,40 +278,105 @@ class GrammarAE(nn.Module):
             return tuple(s[:, keep] for s in state)
         return state[:, keep]
 
-    def _decode_once(self, z, sample, temperature, generator, strings) -> Decoded:
+    def _decode_once(self, z, sample, temperature, generator, strings, retries: int = 0) -> Decoded:
+        """One decode of each code; an autoregressive decoder with ``retries`` > 0 starts a flagged row
+        again in the same loop, sampling, up to ``retries`` times (decode)."""
         was = self.training
         self.eval()
         try:
             if not self.decoder.autoregressive:
                 return masked_decode(self.grammar, self.logits(z), sample, temperature, generator, strings,
                                      semantics=self.semantic_layer)
-            B, T = len(z), self.config.max_length
-            machine = StackMachine(self.grammar, B, T, z.device, semantics=self.semantic_layer)
-            rules = torch.full((B, T), self.grammar.padding_index, dtype=torch.long, device=z.device)
-            prev = torch.full((B,), self.grammar.n_rules, dtype=torch.long, device=z.device)
-            state = self.decoder.initial_state(z)
-            # rows still running (their index in the batch); finished rows leave the working set once a
-            # quarter of it has finished, so the long tail of a batch costs only its own rows
-            live = torch.arange(B, device=z.device)
-            done, flagged = torch.zeros(B, dtype=torch.bool, device=z.device), torch.zeros_like(live, dtype=torch.bool)
-            check = 1 if z.device.type == "cpu" else 16  # a host sync per check on a GPU
-            for t in range(T):
-                logits, state = self.decoder.step(z, prev, machine.top(), state)
-                prev = machine.step(logits, sample, temperature, generator)
-                rules[live, t] = prev
-                if t % check == check - 1:
-                    finished = machine.done
-                    n = int(finished.sum())
-                    if n == len(live):                                  # the rest is padding
-                        break
-                    if n * COMPACT_AT >= len(live):
-                        done[live[finished]] = True
-                        flagged[live[finished]] = machine.flagged()[finished]
-                        keep = ~finished
-                        machine.select(keep)
-                        live, z, prev = live[keep], z[keep], prev[keep]
-                        state = self._select_state(state, keep)
-            done[live], flagged[live] = machine.done, machine.flagged()
-            return finish(self.grammar, rules, done, strings, flagged)
+            return self._decode_loop(z, sample, temperature, generator, strings, retries)
         finally:
             self.train(was)
+
+    def _decode_loop(self, z, sample, temperature, generator, strings, retries) -> Decoded:
+        """The autoregressive decoding loop. A row flagged at its end (StackMachine.flagged) gets
+        ``REDECODE_ROUND`` sampled copies added to the working set at once, and each copy that fails (flagged,
+        cornered on the way, or too long to finish) is replaced by another while the row has copies left
+        (``retries`` in all); the first good copy is kept and the row's other copies stop."""
+        g, dev = self.grammar, z.device
+        B, T, pad = len(z), self.config.max_length, g.padding_index
+        machine = StackMachine(g, B, T, dev, semantics=self.semantic_layer)
+        start = g.n_rules                                               # the decoder's start token
+        prev, state, codes = torch.full((B,), start, dtype=torch.long, device=dev), self.decoder.initial_state(z), z
+        # the result of each row: its first decode, replaced by its first good copy
+        rules = torch.full((B, T), pad, dtype=torch.long, device=dev)
+        complete, flagged, resolved = (torch.zeros(B, dtype=torch.bool, device=dev) for _ in range(3))
+        made = torch.zeros(B, dtype=torch.long, device=dev)             # copies started per row
+        # the working set: the batch row each entry decodes, its derivation so far and length, whether it is
+        # a copy, and whether it has left (entries that left are dropped once a quarter of the set has,
+        # COMPACT_AT, so the long tail of a batch costs only its own rows)
+        live = torch.arange(B, device=dev)
+        work, pos = torch.full((B, T), pad, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+        copy, gone = torch.zeros(B, dtype=torch.bool, device=dev), torch.zeros(B, dtype=torch.bool, device=dev)
+        retry_gen = torch.Generator(device=dev).manual_seed(REDECODE_SEED) if retries else None
+        check = 1 if dev.type == "cpu" else 16  # a host sync per check on a GPU
+        steps = T * (1 + retries)
+        for step in range(steps):
+            logits, state = self.decoder.step(z, prev, machine.top(), state)
+            scores = _scores(logits, sample, temperature, generator)
+            if retries and bool(copy.any()):   # copies sample; first decodes as asked
+                scores = torch.where(copy[:, None], _scores(logits, True, self.redecode_temperature, retry_gen), scores)
+            prev = machine.choose(scores)
+            at, here = pos.clamp(max=T - 1), torch.arange(len(live), device=dev)
+            work[here, at] = torch.where(pos < T, prev, work[here, at])
+            pos = pos + 1
+            if step % check != check - 1 and step != steps - 1:
+                continue
+            # a derivation ends when its stack empties, or when it can no longer finish in T steps
+            ended = ~gone & (machine.done | machine.cannot_finish(T - pos) | (step == steps - 1))
+            if retries:   # a copy a mask cornered is lost already
+                ended |= ~gone & copy & machine.cornered
+            if not bool(ended.any()):
+                continue
+            flag = machine.flagged(ended)
+            first = ended & ~copy
+            good = ended & copy & machine.done & ~flag & ~resolved[live]
+            if bool(good.any()):   # the first good copy of each row (the lowest entry among simultaneous ones)
+                idx = good.nonzero().flatten()
+                best = torch.full((B,), len(live), dtype=torch.long, device=dev).scatter_reduce(0, live[idx], idx, "amin")
+                good = torch.zeros_like(good).scatter_(0, best[best < len(live)], True)
+            keep = first | good
+            rows_out = live[keep]
+            rules[rows_out], complete[rows_out] = work[keep], machine.done[keep]
+            flagged[rows_out] = flag[keep] & ~good[keep]
+            resolved[live[good]] = True
+            gone |= ended | (copy & resolved[live])                     # a resolved row's other copies stop
+            if retries:   # new copies: REDECODE_ROUND for a flagged first decode, and for each failed copy
+                wanted = torch.zeros(B, dtype=torch.long, device=dev)
+                wanted.index_add_(0, live[first & flag], torch.full_like(live[first & flag], REDECODE_ROUND))
+                failed = ended & copy & ~good
+                wanted.index_add_(0, live[failed], torch.full_like(live[failed], REDECODE_ROUND))
+                granted = torch.minimum(wanted, (retries - made).clamp(min=0)) * ~resolved
+                if bool(granted.any()):
+                    src = torch.arange(B, device=dev).repeat_interleave(granted)
+                    made += granted
+                    k = len(src)
+                    machine.extend(k)
+                    state = self._extend_state(state, self.decoder.initial_state(codes[src]))
+                    live, z = torch.cat([live, src]), torch.cat([z, codes[src]])
+                    prev = torch.cat([prev, torch.full((k,), start, dtype=torch.long, device=dev)])
+                    work = torch.cat([work, torch.full((k, T), pad, dtype=torch.long, device=dev)])
+                    pos = torch.cat([pos, torch.zeros(k, dtype=torch.long, device=dev)])
+                    copy = torch.cat([copy, torch.ones(k, dtype=torch.bool, device=dev)])
+                    gone = torch.cat([gone, torch.zeros(k, dtype=torch.bool, device=dev)])
+            n = int(gone.sum())
+            if n == len(live):
+                break
+            if COMPACT_AT and n * COMPACT_AT >= len(live):
+                stay = ~gone
+                machine.select(stay)
+                live, z, prev, work, pos, copy, gone = (v[stay] for v in (live, z, prev, work, pos, copy, gone))
+                state = self._select_state(state, stay)
+        return finish(g, rules, complete, strings, flagged)
+
+    @staticmethod
+    def _extend_state(state, fresh):
+        """The decoder's recurrent state with the rows of ``fresh`` appended (batch in dim 1)."""
+        if state is None:
+            return None
+        if isinstance(state, tuple):
+            return tuple(torch.cat([s, f], 1) for s, f in zip(state, fresh))
+        return torch.cat([state, fresh], 1)

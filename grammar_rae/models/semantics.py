@@ -259,6 +259,15 @@ class SemanticState:
         self.B = int(keep.sum())
         self.rows = torch.arange(self.B, device=self.dev)
 
+    def extend(self, k: int) -> None:
+        """Append ``k`` rows in the state of a derivation not begun (StackMachine.extend)."""
+        fresh = SemanticState(self.t, k, self.attr.shape[1], self.dev)
+        for name, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor) and name != "rows":
+                setattr(self, name, torch.cat([v, getattr(fresh, name)]))
+        self.B += k
+        self.rows = torch.arange(self.B, device=self.dev)
+
     # ------------------------------------------------------------------ helpers
     def _top(self, machine):
         sp = machine.sp
@@ -380,38 +389,41 @@ class SemanticState:
         return (self.counts * self.t.ahead).sum(1) - self.t.ahead[lhs]
 
     # ------------------------------------------------------------------ the whole molecule
-    def on_a_ring(self) -> torch.Tensor:
-        """[B, MAX_ATOMS] bool: atoms on a cycle of the molecular graph. Every cycle holds a ring closure, and
-        an atom lies on one exactly when it is on the tree path between the two ends of some closure
-        (their walk up to the common ancestor): all closures of the batch walk together, one tree level a
-        step."""
-        u, v = self.closures[..., 0], self.closures[..., 1]          # [B, K]; -1 where none
+    def on_a_ring(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, MAX_ATOMS] bool (or [k, MAX_ATOMS] for the rows ``rows`` [B] bool): atoms on a cycle of the
+        molecular graph. Every cycle holds a ring closure, and an atom lies on one exactly when it is on the
+        tree path between the two ends of some closure (their walk up to the common ancestor): all closures
+        of the batch walk together, one tree level a step."""
+        pick = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+        closures, depth, parent_of = pick(self.closures), pick(self.depth), pick(self.parent_of)
+        u, v = closures[..., 0], closures[..., 1]                    # [B, K]; -1 where none
         live = (u >= 0) & (v >= 0)
-        on = torch.zeros(self.B, MAX_ATOMS + 1, dtype=torch.bool, device=self.dev)   # column MAX_ATOMS: a sink
+        on = torch.zeros(len(u), MAX_ATOMS + 1, dtype=torch.bool, device=self.dev)   # column MAX_ATOMS: a sink
         sink = torch.full_like(u, MAX_ATOMS)
         mark = lambda x, m: on.scatter_(1, torch.where(m, x, sink), True)  # noqa: E731
         mark(u, live), mark(v, live)
-        du = self.depth.gather(1, u.clamp(min=0))
-        dv = self.depth.gather(1, v.clamp(min=0))
+        du = depth.gather(1, u.clamp(min=0))
+        dv = depth.gather(1, v.clamp(min=0))
         for _ in range(MAX_ATOMS):
             live = live & (u != v)
             if not bool(live.any()):
                 break
             up_u, up_v = live & (du >= dv), live & (dv >= du)
-            u = torch.where(up_u, self.parent_of.gather(1, u.clamp(min=0)), u)
-            v = torch.where(up_v, self.parent_of.gather(1, v.clamp(min=0)), v)
+            u = torch.where(up_u, parent_of.gather(1, u.clamp(min=0)), u)
+            v = torch.where(up_v, parent_of.gather(1, v.clamp(min=0)), v)
             du, dv = du - up_u.long(), dv - up_v.long()
             live = live & (u >= 0) & (v >= 0)
             mark(u, live), mark(v, live)
         return on[:, :MAX_ATOMS]
 
-    def broken(self) -> torch.Tensor:
-        """[B] bool: finished rows whose molecule breaks what only the whole of it shows, which no mask
-        could refuse step by step: an aromatic atom on no ring (RDKit: "non-ring atom marked aromatic";
-        two aromatic neighbours are not enough, as in c1ccccc1[nH]c1ccccc1). GrammarAE.decode decodes
-        such rows again, as those a mask cornered."""
-        atoms = torch.arange(MAX_ATOMS, device=self.dev)[None, :] < self.n_atoms[:, None]
-        return (self.aromatic & atoms & ~self.on_a_ring()).any(1)
+    def broken(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bool (or [k] for the rows ``rows`` [B] bool): finished rows whose molecule breaks what only
+        the whole of it shows, which no mask could refuse step by step: an aromatic atom on no ring (RDKit:
+        "non-ring atom marked aromatic"; two aromatic neighbours are not enough, as in
+        c1ccccc1[nH]c1ccccc1). GrammarAE.decode decodes such rows again, as those a mask cornered."""
+        pick = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+        atoms = torch.arange(MAX_ATOMS, device=self.dev)[None, :] < pick(self.n_atoms)[:, None]
+        return (pick(self.aromatic) & atoms & ~self.on_a_ring(rows)).any(1)
 
     # ------------------------------------------------------------------ the mask
     def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
