@@ -61,6 +61,8 @@ VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 5, "F": 1, "I": 5, "Cl":
 MAX_DEGREE = {"c": 3, "n": 3, "o": 2, "s": 4}   # neighbours of an aromatic organic atom (s: S-oxides)
 ELECTRONS = {"B": 3, "C": 4, "N": 5, "P": 5, "O": 6, "S": 6, "F": 7, "Cl": 7, "Br": 7, "I": 7}   # valence electrons
 BOND_ORDER = {"-": 1, "=": 2, "#": 3, "/": 1, "\\": 1}
+# the sections of SemanticState.mask (SmilesSemantics.section: which LHS each judges; index 0: none)
+SECTIONS = ("none", "branched_atom", "element", "ring_bonds", "branches", "bond", "bracket", "digit")
 
 
 class SmilesSemantics:
@@ -178,6 +180,29 @@ class SmilesSemantics:
                     self.tag[r, k] = TAG_BRACKET
                 elif name == "atom" or name == "branched_atom":
                     self.tag[r, k] = TAG_NONE
+        # the section of the mask each LHS's rules are judged by (SemanticState.mask); 0: none
+        self.section = torch.zeros(len(grammar.lhs_list), dtype=torch.long)
+        for name, sec in (("branched_atom", "branched_atom"), ("atom", "element"), ("symbol", "element"),
+                          ("aliphatic_organic", "element"), ("aromatic_organic", "element"), ("RB", "ring_bonds"),
+                          ("BB", "branches"), ("bond", "bond"), ("hcount", "bracket"), ("BAC", "bracket"),
+                          ("BAH", "bracket"), ("charge", "bracket"), ("DIGIT", "digit")):
+            self.section[lhs[name]] = SECTIONS.index(sec)
+        # the columns of the elements, bonds and digits (slices where the rules are consecutive, as in the
+        # shipped grammar: views, not copies), and the tables at those columns
+        self.element_cols, self.bond_cols, self.digit_cols = (_columns(c) for c in
+                                                              (self.element_rules, self.bond_rules, self.digit_rules))
+        el = torch.tensor(self.element_rules)
+        self.el_budget, self.el_aromatic, self.el_max_degree = self.budget[el], self.aromatic[el], self.max_degree[el]
+        self.el_charge_gain, self.el_arom_kind = self.charge_gain[el], self.arom_kind[el]
+        self.n_ali = int((~self.el_aromatic).sum())
+        if bool(self.el_aromatic[:self.n_ali].any()):
+            raise ValueError(f"{grammar.name}: aliphatic elements must come before aromatic ones")
+        self.bond_orders = self.bond_order[torch.tensor(self.bond_rules)]
+        self.digit_values = self.digit[torch.tensor(self.digit_rules)]
+        if self.digit_values.tolist() != list(range(1, 9)):
+            raise ValueError(f"{grammar.name}: DIGIT's rules must be '1' to '8' in order")
+        self.charge_later_lhs = torch.tensor([lhs["BAC"], lhs["BAH"], lhs["BACH"], lhs["charge"]])
+        self.charge_now_lhs = torch.tensor([lhs["BACH"], lhs["charge"]])
         self.ahead = torch.zeros(len(grammar.lhs_list), dtype=torch.long)
         for s in ("branched_atom", "chain", "branch", "BB"):
             self.ahead[lhs[s]] = 1
@@ -197,6 +222,13 @@ class SmilesSemantics:
 
     def start(self, batch: int, depth: int, device) -> "SemanticState":
         return SemanticState(self.tables(torch.device(device)), batch, depth, torch.device(device))
+
+
+def _columns(rules: list):
+    """The rule columns ``rules`` as a slice when they are consecutive, else an index tensor."""
+    if rules == list(range(rules[0], rules[-1] + 1)):
+        return slice(rules[0], rules[-1] + 1)
+    return torch.tensor(rules)
 
 
 class SemanticState:
@@ -294,6 +326,21 @@ class SemanticState:
         return (sp >= 2) & (below_level == level) & \
             ((below == self.t.lhs["bond"]) | (below == self.t.lhs["branched_atom"]))
 
+    @staticmethod
+    def _g(table, idx):
+        """table[b, idx[b]] for each row b (idx in range)."""
+        return table.gather(1, idx[:, None]).squeeze(1)
+
+    @staticmethod
+    def _put(table, idx, value):
+        """table[b, idx[b]] = value[b] for each row b, in place."""
+        table.scatter_(1, idx[:, None], value[:, None] if value.dim() == 1 else value)
+
+    @staticmethod
+    def _add(table, idx, value):
+        """table[b, idx[b]] += value[b] for each row b, in place."""
+        table.scatter_add_(1, idx[:, None], value[:, None])
+
     def _deficit(self, atom):
         """[B] aromatic neighbours an atom still lacks (0 for aliphatic atoms and for no atom)."""
         arom = self._at(self.aromatic, atom) & (atom >= 0)
@@ -310,10 +357,10 @@ class SemanticState:
         each an aromatic neighbour more if the other is aromatic."""
         has = mask & (parent >= 0)
         c, p = child.clamp(min=0), parent.clamp(min=0)
-        c_arom, p_arom = self.aromatic[rows, c], self.aromatic[rows, p]
-        self.to_come[rows, p] -= has.long()
-        self.arom_nbrs[rows, p] += (has & c_arom).long()
-        self.arom_nbrs[rows, c] += (has & p_arom).long()
+        c_arom, p_arom = self._g(self.aromatic, c), self._g(self.aromatic, p)
+        self._add(self.to_come, p, -has.long())
+        self._add(self.arom_nbrs, p, (has & c_arom).long())
+        self._add(self.arom_nbrs, c, (has & p_arom).long())
 
     def _systems(self):
         """Per aromatic system, indexed by its label [B, MAX_ATOMS]: bonds still to come from its atoms
@@ -374,11 +421,11 @@ class SemanticState:
         left = (slots * union).sum(1) - p_joins.long() - (union.gather(1, o_lab.clamp(min=0)) & o_arom).sum(1)
         u_odd = (odd * union).sum(1) % 2
         u_wild = (wild & union).any(1)
-        kind = t.arom_kind[cols][None, :]
+        kind = t.el_arom_kind[None, :]
         deg = (parent >= 0).long() + n_open
         needs = (kind == KIND_C) | ((kind == KIND_N) & (deg == 2)[:, None])
         arom_bad = (union.any(1) & ~u_wild & (left == 0))[:, None] & ((u_odd[:, None] + needs.long()) % 2 == 1)
-        return arom_bad & t.aromatic[cols][None, :]
+        return arom_bad & t.el_aromatic[None, :]
 
     def _needs_now(self, atoms):
         """[B, k] whether each atom counts as needing a double bond now."""
@@ -427,39 +474,61 @@ class SemanticState:
 
     # ------------------------------------------------------------------ the mask
     def mask(self, machine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, R] bool masks of the three tiers: ring structure, valence/aromaticity, Kekule parity."""
+        """[B, R] bool masks of the three tiers: ring structure, valence/aromaticity, Kekule parity.
+
+        Each row's choice is among its LHS's rules, so only the columns of the LHSs on top of some stack are
+        computed (a section per LHS group, SECTIONS: one no row needs costs nothing); the others stay True."""
         t, B = self.t, self.B
         lhs = machine.top()
         level, tag = self._top(machine)
-        n_open = (self.open_atom >= 0).sum(1)
-        ahead = self._ahead(lhs)
-        # two tiers: ``ok`` the ring structure (what makes a string a molecule at all), ``soft`` valence and
-        # aromaticity; where both leave nothing, the ring structure alone is kept
         ok = torch.ones(B, t.grammar.n_rules, dtype=torch.bool, device=self.dev)
-        soft = torch.ones_like(ok)
-        cur_free = self._at(self.free, self.cur)
-        cur_unbudgeted = self._at(self.bracket, self.cur) | (self.cur < 0)
+        soft, kek = torch.ones_like(ok), torch.ones_like(ok)
+        present = torch.bincount(t.section[lhs], minlength=len(SECTIONS)).tolist()
+        self._memo = {}          # what several sections use, computed once a step (_once)
+        for s in range(1, len(SECTIONS)):
+            if present[s]:
+                getattr(self, "_mask_" + SECTIONS[s])(machine, lhs, level, tag, ok, soft, kek)
+        return ok, soft, kek
 
-        # branched_atom: with nothing after it, the atom's ring bonds can only close rings, so it takes
-        # some exactly when rings are open; a ring its parent-to-be opened cannot close on it (the pair is
-        # bonded), so then it needs branches, whose atoms can
+    def _once(self, name, f):
+        """``f()``, computed once per mask call (the sections share it)."""
+        if name not in self._memo:
+            self._memo[name] = f()
+        return self._memo[name]
+
+    def _n_open(self):
+        return self._once("n_open", lambda: (self.open_atom >= 0).sum(1))
+
+    def _cur_budget(self):
+        """(free budget of the current atom, whether it is unbudgeted: a bracket atom before its symbol, or none)."""
+        return self._once("cur_budget", lambda: (self._at(self.free, self.cur),
+                                                 self._at(self.bracket, self.cur) | (self.cur < 0)))
+
+    def _mask_branched_atom(self, machine, lhs, level, tag, ok, soft, kek):
+        t = self.t
+        n_open, ahead = self._n_open(), self._once("ahead", lambda: self._ahead(lhs))
+        # with nothing after it, the atom's ring bonds can only close rings, so it takes some exactly when
+        # rings are open; a ring its parent-to-be opened cannot close on it (the pair is bonded), so then it
+        # needs branches, whose atoms can
         nothing_after = ahead == 0
-        parent_opened = (self.open_atom == self._from_atom(level)[:, None]) & (self.open_atom >= 0)
+        pp = self._from_atom(level)
+        parent_opened = (self.open_atom == pp[:, None]) & (self.open_atom >= 0)
         # ... and two rings one atom opened cannot both close on one atom (a double bond by ring closures)
         oa = self.open_atom
         twice = ((oa[:, :, None] == oa[:, None, :]) & (oa[:, :, None] >= 0)).sum((1, 2)) > (oa >= 0).sum(1)
         blocked = parent_opened.any(1) | twice
         ok[:, t.r_ba_atom] = ~(nothing_after & (n_open > 0))
         ok[:, t.r_ba["rb"]] = ~nothing_after | ((n_open > 0) & ~blocked)
-        ok[:, t.r_ba["rbbb"]] = torch.ones_like(blocked)
         # an aromatic parent-to-be short of aromatic neighbours needs this atom aromatic, which needs a
         # second bond: a successor, ring bonds or branches
-        pp = self._from_atom(level)
         pp_short = self._at(self.aromatic, pp) & (pp >= 0) & (self._deficit(pp) > self._at(self.to_come, pp) - 1)
-        successor = self._successor(machine, level)
-        soft[:, t.r_ba_atom] = ~pp_short | successor
+        soft[:, t.r_ba_atom] = ~pp_short | self._successor(machine, level)
 
-        # the element of a new atom (organic subset; bracket atoms are not budgeted)
+    def _mask_element(self, machine, lhs, level, tag, ok, soft, kek):
+        """The element of a new atom (organic subset), the bracket symbol, and the rules leading to them."""
+        t = self.t
+        n_open, ahead = self._n_open(), self._once("ahead", lambda: self._ahead(lhs))
+        cur_free, _ = self._cur_budget()
         parent = self._from_atom(self.next_level)
         c_in = torch.where(parent >= 0, self.pending_in.clamp(min=1), torch.zeros_like(parent))
         must_close = (ahead == 0) & (n_open > 0)
@@ -484,32 +553,31 @@ class SemanticState:
         degree = (parent_here >= 0).long() + self.has_next + self.has_bb.long() + rings
         p_short = p_arom & (self._deficit(parent_here) > self._at(self.to_come, parent_here) - 1)
         p_short |= must_close & op_short.any(1)
-        cols = t.element_rules
-        arom_col = t.aromatic[cols][None, :]
-        elem_ok = (t.budget[cols][None, :] >= need[:, None]) & (~arom_col | aromatic_ok[:, None])
+        cols = t.element_cols
+        arom_col = t.el_aromatic[None, :]
+        elem_ok = (t.el_budget[None, :] >= need[:, None]) & (~arom_col | aromatic_ok[:, None])
         elem_ok &= arom_col | ~p_short[:, None]
-        elem_ok &= ~arom_col | (degree[:, None] <= t.max_degree[cols][None, :])
+        elem_ok &= ~arom_col | (degree[:, None] <= t.el_max_degree[None, :])
         # inside brackets: the symbol's valence (plus what a charge still to come could add) must cover
         # the bonds promised; then explicit H, the charge and its digits, as they are chosen
-        in_bracket = tag == TAG_BRACKET
-        charge_later = (self.counts[:, [t.lhs["BAC"], t.lhs["BAH"], t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
+        charge_later = (self.counts.index_select(1, t.charge_later_lhs).sum(1) > 0).long()
         bracket_free = cur_free - BRACKET_BUDGET           # minus the bonds promised, before the symbol
-        sym_ok = (bracket_free[:, None] + t.budget[cols][None, :] + t.charge_gain[cols][None, :] * charge_later[:, None]) >= 0
+        sym_ok = (bracket_free[:, None] + t.el_budget[None, :] + t.el_charge_gain[None, :] * charge_later[:, None]) >= 0
         # (an aromatic bracket atom, [nH] or [n+], lies on a ring as any other: two aromatic neighbours)
         sym_ok &= (arom_col | ~p_short[:, None]) & (~arom_col | aromatic_ok[:, None])
-        elem_ok = torch.where(in_bracket[:, None], sym_ok, elem_ok)
+        elem_ok = torch.where(in_bracket_now[:, None], sym_ok, elem_ok)
         soft[:, cols] = elem_ok
-        soft[:, t.r_atom_ali] = soft[:, t.aliphatic_cols].any(1)
-        soft[:, t.r_atom_aro] = soft[:, t.aromatic_cols].any(1)
-        soft[:, t.r_sym_ali] = soft[:, t.aliphatic_cols].any(1)     # the same inside brackets
-        soft[:, t.r_sym_aro] = soft[:, t.aromatic_cols].any(1)
+        ali, aro = slice(0, t.n_ali), slice(t.n_ali, None)           # aliphatic elements come first
+        for r in (t.r_atom_ali, t.r_sym_ali):
+            soft[:, r] = elem_ok[:, ali].any(1)
+        for r in (t.r_atom_aro, t.r_sym_aro):
+            soft[:, r] = elem_ok[:, aro].any(1)
 
         # Kekule parity (third tier): an atom that does not join its parent's aromatic system (aliphatic,
         # or bonded by a bond written '-') takes the system's last bond to come; the system is then
         # finished and must hold an even number of atoms that need a double bond (an exocyclic double
         # bond on a c parent frees it from needing one)
-        kek = torch.ones_like(ok)
-        slots, odd, wild = self._systems()
+        slots, odd, wild = self._once("systems", self._systems)
         e = torch.where(in_bracket_now, self.bracket_in, self.pending_in)
         last = p_arom & ~self._system_of(wild, parent_here) & (self._system_of(slots, parent_here) == 1)
         pidx = parent_here.clamp(min=0)[:, None]
@@ -524,10 +592,11 @@ class SemanticState:
         kek[:, cols] = ~bad_col
         # a rule that leads to an element is allowed by this tier if some element passes both tiers (an
         # element that passes each tier alone, but not both, would corner the next step)
-        both = soft[:, cols] & ~bad_col
-        ali, aro = ~t.aromatic[cols], t.aromatic[cols]
-        kek[:, t.r_atom_ali] = kek[:, t.r_sym_ali] = both[:, ali].any(1)
-        kek[:, t.r_atom_aro] = kek[:, t.r_sym_aro] = both[:, aro].any(1)
+        both = elem_ok & ~bad_col
+        for r in (t.r_atom_ali, t.r_sym_ali):
+            kek[:, r] = both[:, ali].any(1)
+        for r in (t.r_atom_aro, t.r_sym_aro):
+            kek[:, r] = both[:, aro].any(1)
         # '[' only where some bracket symbol will pass: the aromaticity rules and the parity, as they will
         # stand at the symbol (a bracket atom's budget can be met by its H and charge; it is exempt from the
         # last atom's check, being wild)
@@ -535,57 +604,92 @@ class SemanticState:
         soft[:, t.r_atom_bracket] = br_soft.any(1) | in_bracket_now
         kek[:, t.r_atom_bracket] = (br_soft & ~(finish_odd[:, None] & ~joins)).any(1) | in_bracket_now
 
-        # how many ring bonds: each costs budget; with nothing after, exactly as many as rings are open
-        p = self.counts[:, t.lhs["ringbond"]]
-        last = ahead == 0
-        ok[:, t.r_rb_more] = ~last | (n_open > p + 1)
-        ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
+    def _more_bonds(self):
+        """(another ring bond or branch fits the current atom's budget and degree, the current atom is
+        aromatic and short of bonds to come)."""
+        t = self.t
+        cur_free, cur_unbudgeted = self._cur_budget()
         room = ~(self._at(self.aromatic, self.cur) & ~self._at(self.br_arom, self.cur)) | \
             (self._at(self.deg, self.cur) < t.kind_max_degree[self._at(self.elem_kind, self.cur)])
-        soft[:, t.r_rb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
-        soft[:, t.r_bb_more] = ((cur_free >= 1) | cur_unbudgeted) & room
-        # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
         short = self._deficit(self.cur) > self._at(self.to_come, self.cur)
-        bb_pending = self.counts[:, t.lhs["BB"]] > 0
-        soft[:, t.r_rb_one] = ~short | bb_pending
-        soft[:, t.r_bb_one] = ~short
+        return ((cur_free >= 1) | cur_unbudgeted) & room, short
 
-        # bond orders: within the budget of the atom the bond leaves from
+    def _mask_ring_bonds(self, machine, lhs, level, tag, ok, soft, kek):
+        """How many ring bonds: each costs budget; with nothing after, exactly as many as rings are open."""
+        t = self.t
+        n_open, last = self._n_open(), self._once("ahead", lambda: self._ahead(lhs)) == 0
+        p = self.counts[:, t.lhs["ringbond"]]
+        ok[:, t.r_rb_more] = ~last | (n_open > p + 1)
+        ok[:, t.r_rb_one] = ~last | (n_open == p + 1)
+        fits, short = self._once("more", self._more_bonds)
+        soft[:, t.r_rb_more] = fits
+        # an aromatic atom stops taking ring bonds / branches only with enough bonds to come
+        soft[:, t.r_rb_one] = ~short | (self.counts[:, t.lhs["BB"]] > 0)
+
+    def _mask_branches(self, machine, lhs, level, tag, ok, soft, kek):
+        fits, short = self._once("more", self._more_bonds)
+        soft[:, self.t.r_bb_more] = fits
+        soft[:, self.t.r_bb_one] = ~short
+
+    def _mask_bond(self, machine, lhs, level, tag, ok, soft, kek):
+        """Bond orders: within the budget of the atom the bond leaves from."""
+        t = self.t
         src = torch.where(tag == TAG_RING, self.cur, self._from_atom(level))
         src_free = self._at(self.free, src)
         src_unbudgeted = self._at(self.bracket, src) | (src < 0)
-        orders = t.bond_order[t.bond_rules]
-        soft[:, t.bond_rules] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
+        orders = t.bond_orders
+        soft[:, t.bond_cols] = ((orders[None, :] - 1) <= src_free[:, None]) | src_unbudgeted[:, None]
 
-        # explicit H and charge of a bracket atom (its symbol is known by then)
+    def _bracket_budget(self):
+        """For the bracket atom being written: (its free budget, what its charge kind can add: now, and once a
+        charge is still possible)."""
+        t = self.t
+        cur_free, cur_unbudgeted = self._cur_budget()
         kind_c = self.charge_kind
-        gain = torch.where(kind_c > 0, 8, torch.where(kind_c == -1, 1, 0)) * \
-            (self.counts[:, [t.lhs["BACH"], t.lhs["charge"]]].sum(1) > 0).long()
-        free_b = torch.where(cur_unbudgeted, torch.full_like(cur_free, BRACKET_BUDGET), cur_free)
         gain_any = torch.where(kind_c > 0, 8, torch.where(kind_c == -1, 1, 0))
-        soft[:, t.r_h] = (free_b - 1 + gain >= 0)[:, None]
+        gain = gain_any * (self.counts.index_select(1, t.charge_now_lhs).sum(1) > 0).long()
+        free_b = torch.where(cur_unbudgeted, torch.full_like(cur_free, BRACKET_BUDGET), cur_free)
+        return free_b, gain, gain_any
+
+    def _mask_bracket(self, machine, lhs, level, tag, ok, soft, kek):
+        """Explicit H and charge of a bracket atom (its symbol is known by then)."""
+        t = self.t
+        free_b, gain, gain_any = self._once("bracket", self._bracket_budget)
+        kind_c = self.charge_kind
+        h_ok = free_b - 1 + gain >= 0
+        for r in t.r_h:
+            soft[:, r] = h_ok
         soft[:, t.r_bac_chiral] = free_b >= 0
-        soft[:, t.r_bac_more] = (free_b + gain_any >= 0)[:, None]
+        for r in t.r_bac_more:
+            soft[:, r] = free_b + gain_any >= 0
         soft[:, t.r_bah["h"]] = free_b - 1 >= 0
         soft[:, t.r_bah["hc"]] = free_b - 1 + gain_any >= 0
         soft[:, t.r_bah["c"]] = free_b + gain_any >= 0
-
         one = torch.ones_like(kind_c)
         for r in t.r_charge_one:
             soft[:, r] = free_b + _charge_delta(kind_c, one * int(t.charge_sign[r])) >= 0
-        digits = t.digit[t.digit_rules][None, :]
+        digits = t.digit_values[None, :]
         for r in t.r_charge_digit:   # the best digit for it
             soft[:, r] = free_b + _charge_delta(kind_c[:, None], digits * int(t.charge_sign[r])).amax(1) >= 0
+
+    def _mask_digit(self, machine, lhs, level, tag, ok, soft, kek):
+        """A digit: of an explicit H count or a charge (the bracket atom's budget), or of a ring bond."""
+        t = self.t
+        digit_cols = t.digit_cols
+        free_b, gain, _ = self._once("bracket", self._bracket_budget)
+        kind_c = self.charge_kind
+        digits = t.digit_values[None, :]
         sign = self.charge_sign[:, None]
         extra = _charge_delta(kind_c[:, None], sign * digits) - _charge_delta(kind_c, self.charge_sign)[:, None]
         h_digit_ok = (free_b[:, None] - (digits - 1) + gain[:, None]) >= 0
         c_digit_ok = (free_b[:, None] + extra) >= 0
         digit_ctx = torch.where((tag == TAG_HCOUNT)[:, None], h_digit_ok,
                                 torch.where((tag == TAG_CHARGE)[:, None], c_digit_ok, torch.ones_like(h_digit_ok)))
-        soft[:, t.digit_rules] = digit_ctx
 
         # ring digits
         ring = (tag == TAG_RING)[:, None]
+        ahead = self._once("ahead", lambda: self._ahead(lhs))
+        cur_free, cur_unbudgeted = self._cur_budget()
         opener = self.open_atom[:, 1:]                               # [B, 8] for digits 1..8
         is_open = opener >= 0
         order = self.open_order[:, 1:]
@@ -607,14 +711,13 @@ class SemanticState:
         c_short = c_arom & (self._deficit(self.cur) > self._at(self.to_come, self.cur) - 1)
         pays &= ~(o_short & ~c_arom[:, None]) & ~(c_short[:, None] & ~o_arom)
         open_ok = ~is_open & (ahead > 0)[:, None]
-        digit_cols = t.digit_rules
-        by_digit = (t.digit[digit_cols] - 1)
-        ok[:, digit_cols] = torch.where(ring, (close_ok | open_ok)[:, by_digit], ok[:, digit_cols])
-        soft[:, digit_cols] = torch.where(ring, (~is_open | pays)[:, by_digit], soft[:, digit_cols])
+        ok[:, digit_cols] = torch.where(ring, (close_ok | open_ok), True)
+        soft[:, digit_cols] = torch.where(ring, (~is_open | pays), digit_ctx)
 
         # Kekule parity of ring closures: closing by an implicit bond between two aromatic atoms joins
         # their systems (or uses two bonds of one); any other closure takes one bond of each aromatic end's
         # system. A system left with no bond to come must hold an even number of atoms needing a double bond.
+        slots, odd, wild = self._once("systems", self._systems)
         explicit = (rb > 0) | (order > 0)
         x_sys = self.comp.gather(1, self.cur.clamp(min=0)[:, None])
         o_sys = self.comp.gather(1, opener.clamp(min=0))
@@ -634,8 +737,7 @@ class SemanticState:
         flip_o = (cost == 2) & ~c_arom[:, None] & self._needs_now(opener)
         bad |= apart & c_arom[:, None] & ~wild_x & (s_x == 1) & (odd_x ^ flip_x)
         bad |= apart & o_arom & ~wild_o & (s_o == 1) & (odd_o ^ flip_o)
-        kek[:, digit_cols] = torch.where(ring, ~(is_open & bad)[:, by_digit], kek[:, digit_cols])
-        return ok, soft, kek
+        kek[:, digit_cols] = torch.where(ring, ~(is_open & bad), True)
 
     # ------------------------------------------------------------------ the update
     def update(self, machine, rule: torch.Tensor) -> None:
@@ -663,46 +765,46 @@ class SemanticState:
             c_in = torch.where(parent >= 0, self.pending_in.clamp(min=1), torch.zeros_like(parent))
             reserved = self.has_next + self.has_bb.long() + self.has_rb.long()
             budget = torch.where(kind["bracket"], torch.full_like(c_in, BRACKET_BUDGET), t.budget[rule])
-            self.free[rows, a] = torch.where(new, budget - c_in - reserved, self.free[rows, a])
-            self.bracket[rows, a] = torch.where(new, kind["bracket"], self.bracket[rows, a])
+            self._put(self.free, a, torch.where(new, budget - c_in - reserved, self._g(self.free, a)))
+            self._put(self.bracket, a, torch.where(new, kind["bracket"], self._g(self.bracket, a)))
             has_parent = new & (parent >= 0)
             pidx = parent.clamp(min=0)
-            self.free[rows, pidx] -= torch.where(has_parent, c_in - 1, torch.zeros_like(c_in))
-            self.bonded[new] = False
-            self.bonded[rows, pidx] |= has_parent
-            self.to_come[rows, a] = torch.where(new, reserved, self.to_come[rows, a])
-            self.arom_nbrs[rows, a] = torch.where(new, torch.zeros_like(c_in), self.arom_nbrs[rows, a])
+            self._add(self.free, pidx, -(torch.where(has_parent, c_in - 1, torch.zeros_like(c_in))))
+            self.bonded &= ~new[:, None]
+            self._put(self.bonded, pidx, self._g(self.bonded, pidx) | has_parent)
+            self._put(self.to_come, a, torch.where(new, reserved, self._g(self.to_come, a)))
+            self._put(self.arom_nbrs, a, torch.where(new, torch.zeros_like(c_in), self._g(self.arom_nbrs, a)))
             organic = new & ~kind["bracket"]
             # Kekule parity: the new atom's kind, degree, and the aromatic system it joins
             e = self.pending_in
-            p_arom = self.aromatic[rows, pidx] & (parent >= 0)
+            p_arom = self._g(self.aromatic, pidx) & (parent >= 0)
             arom_new = organic & t.aromatic[rule]
             joins = arom_new & p_arom & ~self.pending_dash
-            self.elem_kind[rows, a] = torch.where(new, torch.where(organic, t.arom_kind[rule], 0), self.elem_kind[rows, a])
-            self.deg[rows, a] = torch.where(new, (parent >= 0).long() + reserved, self.deg[rows, a])
-            self.comp[rows, a] = torch.where(new, torch.where(arom_new, torch.where(joins, self.comp[rows, pidx], a), -1),
-                                             self.comp[rows, a])
+            self._put(self.elem_kind, a, torch.where(new, torch.where(organic, t.arom_kind[rule], 0), self._g(self.elem_kind, a)))
+            self._put(self.deg, a, torch.where(new, (parent >= 0).long() + reserved, self._g(self.deg, a)))
+            self._put(self.comp, a, torch.where(new, torch.where(arom_new, torch.where(joins, self._g(self.comp, pidx), a), -1),
+                                             self._g(self.comp, a)))
             written_double = arom_new & p_arom & (e >= 2)
-            self.wild[rows, a] = torch.where(new, written_double, self.wild[rows, a])
-            self.br_arom[rows, a] &= ~new
-            self.h[rows, a] = torch.where(new, 0, self.h[rows, a])
-            self.q[rows, a] = torch.where(new, 0, self.q[rows, a])
-            self.wild[rows, pidx] |= written_double
-            self.exo[rows, a] = torch.where(new, arom_new & ~p_arom & (parent >= 0) & (e == 2), self.exo[rows, a])
-            self.exo[rows, pidx] |= organic & ~t.aromatic[rule] & p_arom & (e == 2)
+            self._put(self.wild, a, torch.where(new, written_double, self._g(self.wild, a)))
+            self._put(self.br_arom, a, self._g(self.br_arom, a) & ~new)
+            self._put(self.h, a, torch.where(new, 0, self._g(self.h, a)))
+            self._put(self.q, a, torch.where(new, 0, self._g(self.q, a)))
+            self._put(self.wild, pidx, self._g(self.wild, pidx) | written_double)
+            self._put(self.exo, a, torch.where(new, arom_new & ~p_arom & (parent >= 0) & (e == 2), self._g(self.exo, a)))
+            self._put(self.exo, pidx, self._g(self.exo, pidx) | (organic & ~t.aromatic[rule] & p_arom & (e == 2)))
             self.bracket_in = torch.where(kind["bracket"], e, self.bracket_in)
             self.bracket_dash = torch.where(kind["bracket"], self.pending_dash, self.bracket_dash)
-            self.aromatic[rows, a] = torch.where(new, organic & t.aromatic[rule], self.aromatic[rows, a])
+            self._put(self.aromatic, a, torch.where(new, organic & t.aromatic[rule], self._g(self.aromatic, a)))
             self._link(rows, a, parent, organic)        # a bracket atom links when its symbol is known
             self.bracket_parent = torch.where(kind["bracket"], parent, self.bracket_parent)
-            self.parent_of[rows, a] = torch.where(new, parent, self.parent_of[rows, a])
-            self.depth[rows, a] = torch.where(new, torch.where(parent >= 0, self.depth[rows, pidx] + 1, 0),
-                                              self.depth[rows, a])
+            self._put(self.parent_of, a, torch.where(new, parent, self._g(self.parent_of, a)))
+            self._put(self.depth, a, torch.where(new, torch.where(parent >= 0, self._g(self.depth, pidx) + 1, 0),
+                                              self._g(self.depth, a)))
             self.br_next = torch.where(kind["bracket"], self.has_next, self.br_next)
             self.br_more = torch.where(kind["bracket"], self.has_rb | self.has_bb, self.br_more)
             self.cur = torch.where(new, a, self.cur)
             lv = self.next_level.clamp(0, MAX_LEVELS - 1)
-            self.last_at_level[rows, lv] = torch.where(new, a, self.last_at_level[rows, lv])
+            self._put(self.last_at_level, lv, torch.where(new, a, self._g(self.last_at_level, lv)))
             self.n_atoms += new.long()
             self.pending_in = torch.where(new, torch.zeros_like(c_in), self.pending_in)
             self.pending_dash &= ~new
@@ -713,48 +815,49 @@ class SemanticState:
         # a bracket atom's symbol, explicit H and charge set its budget
         cidx = self.cur.clamp(min=0)
         sym = kind["element"] & (tag == TAG_BRACKET)
-        self.free[rows, cidx] += torch.where(sym, t.budget[rule] - BRACKET_BUDGET, torch.zeros_like(cidx))
-        self.bracket[rows, cidx] &= ~sym
+        self._add(self.free, cidx, torch.where(sym, t.budget[rule] - BRACKET_BUDGET, torch.zeros_like(cidx)))
+        self._put(self.bracket, cidx, self._g(self.bracket, cidx) & ~sym)
         self.charge_kind = torch.where(sym, t.charge_kind[rule], self.charge_kind)
-        self.aromatic[rows, cidx] |= sym & t.aromatic[rule]
+        self._put(self.aromatic, cidx, self._g(self.aromatic, cidx) | (sym & t.aromatic[rule]))
         self._link(rows, self.cur, self.bracket_parent, sym)
         # an aromatic bracket atom joins its parent's aromatic system (its H and charge decide whether it
         # needs a double bond); an aliphatic one written with '=' to an aromatic parent is exocyclic to it
         bp = self.bracket_parent
         bpi = bp.clamp(min=0)
-        bp_arom = self.aromatic[rows, bpi] & (bp >= 0)
+        bp_arom = self._g(self.aromatic, bpi) & (bp >= 0)
         aro_sym = sym & t.aromatic[rule]
         joins_b = aro_sym & bp_arom & ~self.bracket_dash
-        self.comp[rows, cidx] = torch.where(aro_sym, torch.where(joins_b, self.comp[rows, bpi], cidx), self.comp[rows, cidx])
-        self.br_arom[rows, cidx] |= aro_sym
-        self.elem_kind[rows, cidx] = torch.where(sym, t.arom_kind[rule], self.elem_kind[rows, cidx])
-        self.exo[rows, bpi] |= sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)
-        self.exo[rows, cidx] |= aro_sym & ~bp_arom & (bp >= 0) & (self.bracket_in == 2)   # O=[n+]1...: N-oxide
-        self.free[rows, cidx] -= kind["h"].long()
+        self._put(self.comp, cidx, torch.where(aro_sym, torch.where(joins_b, self._g(self.comp, bpi), cidx), self._g(self.comp, cidx)))
+        self._put(self.br_arom, cidx, self._g(self.br_arom, cidx) | aro_sym)
+        self._put(self.elem_kind, cidx, torch.where(sym, t.arom_kind[rule], self._g(self.elem_kind, cidx)))
+        self._put(self.exo, bpi, self._g(self.exo, bpi) | (sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)))
+        # O=[n+]1...: an N-oxide
+        self._put(self.exo, cidx, self._g(self.exo, cidx) | (aro_sym & ~bp_arom & (bp >= 0) & (self.bracket_in == 2)))
+        self._add(self.free, cidx, -kind["h"].long())
         h_digit = kind["digit"] & (tag == TAG_HCOUNT)
-        self.free[rows, cidx] -= torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
-        self.h[rows, cidx] += kind["h"].long() + torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))
+        self._add(self.free, cidx, -(torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))))
+        self._add(self.h, cidx, kind["h"].long() + torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx)))
         kc = self.charge_kind
         sign = t.charge_sign[rule]
-        self.free[rows, cidx] += torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx))
+        self._add(self.free, cidx, torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx)))
         self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
         c_digit = kind["digit"] & (tag == TAG_CHARGE)
         q = self.charge_sign * t.digit[rule]
-        self.q[rows, cidx] = torch.where(kind["charge"], sign, torch.where(c_digit, q, self.q[rows, cidx]))
-        self.free[rows, cidx] += torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
-                                             torch.zeros_like(cidx))
-        self.bracket[rows, cidx] |= kind["charge_two"]   # charges of two digits: not budgeted
+        self._put(self.q, cidx, torch.where(kind["charge"], sign, torch.where(c_digit, q, self._g(self.q, cidx))))
+        self._add(self.free, cidx, torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
+                                             torch.zeros_like(cidx)))
+        self._put(self.bracket, cidx, self._g(self.bracket, cidx) | kind["charge_two"])   # charges of two digits: not budgeted
 
         # one more ring bond or branch promised by the current atom
         more = kind["rb_more"] | kind["bb_more"]
-        self.free[rows, cidx] -= more.long()
-        self.to_come[rows, cidx] += more.long()
-        self.deg[rows, cidx] += more.long()
+        self._add(self.free, cidx, -more.long())
+        self._add(self.to_come, cidx, more.long())
+        self._add(self.deg, cidx, more.long())
 
         # a branch opens a new level: its first atom bonds to the owner
         br = kind["branch"]
         nl = (level + 1).clamp(max=MAX_LEVELS - 1)
-        self.last_at_level[rows, nl] = torch.where(br, torch.full_like(nl, -1), self.last_at_level[rows, nl])
+        self._put(self.last_at_level, nl, torch.where(br, torch.full_like(nl, -1), self._g(self.last_at_level, nl)))
 
         # bonds: a chain/branch bond waits for its atom, a ring bond for its digit
         o = t.bond_order[rule]
@@ -767,42 +870,42 @@ class SemanticState:
         dig = kind["digit"] & (tag == TAG_RING)
         if bool(dig.any()):
             d = t.digit[rule].clamp(min=0)
-            opener = self.open_atom[rows, d]
-            order = self.open_order[rows, d]
+            opener = self._g(self.open_atom, d)
+            order = self._g(self.open_order, d)
             closing = dig & (opener >= 0)
             opening = dig & (opener < 0)
             rb = self.ring_bond
             cost = torch.where(rb > 0, rb, order.clamp(min=1))
             oidx = opener.clamp(min=0)
-            self.free[rows, cidx] -= torch.where(closing, cost - 1, torch.zeros_like(cost))
-            self.free[rows, oidx] -= torch.where(closing & (rb > 1) & (order == 0), rb - 1, torch.zeros_like(rb))
-            self.bonded[rows, oidx] |= closing
+            self._add(self.free, cidx, -(torch.where(closing, cost - 1, torch.zeros_like(cost))))
+            self._add(self.free, oidx, -(torch.where(closing & (rb > 1) & (order == 0), rb - 1, torch.zeros_like(rb))))
+            self._put(self.bonded, oidx, self._g(self.bonded, oidx) | closing)
             # Kekule parity: an implicit (or written double) closure between aromatic atoms joins systems
-            x_arom, o_arom = self.aromatic[rows, cidx], self.aromatic[rows, oidx] & (opener >= 0)
+            x_arom, o_arom = self._g(self.aromatic, cidx), self._g(self.aromatic, oidx) & (opener >= 0)
             explicit = (rb > 0) | (order > 0)
             both = closing & x_arom & o_arom
             written_double = both & explicit & (cost >= 2)
-            dash_d = self.ring_dash | self.open_dash[rows, d]
+            dash_d = self.ring_dash | self._g(self.open_dash, d)
             merge = both & (~dash_d | written_double)
-            self.wild[rows, cidx] |= written_double
-            self.wild[rows, oidx] |= written_double
-            self.exo[rows, cidx] |= closing & (cost == 2) & x_arom & ~o_arom
-            self.exo[rows, oidx] |= closing & (cost == 2) & o_arom & ~x_arom
-            old_sys, new_sys = self.comp[rows, oidx], self.comp[rows, cidx]
+            self._put(self.wild, cidx, self._g(self.wild, cidx) | written_double)
+            self._put(self.wild, oidx, self._g(self.wild, oidx) | written_double)
+            self._put(self.exo, cidx, self._g(self.exo, cidx) | (closing & (cost == 2) & x_arom & ~o_arom))
+            self._put(self.exo, oidx, self._g(self.exo, oidx) | (closing & (cost == 2) & o_arom & ~x_arom))
+            old_sys, new_sys = self._g(self.comp, oidx), self._g(self.comp, cidx)
             self.comp = torch.where(merge[:, None] & (self.comp == old_sys[:, None]) & (self.comp >= 0),
                                     new_sys[:, None], self.comp)
-            self.to_come[rows, cidx] -= closing.long()   # the closer's ring bond is made
+            self._add(self.to_come, cidx, -closing.long())   # the closer's ring bond is made
             k = self.n_closures.clamp(max=MAX_CLOSURES - 1)
             self.closures[rows, k] = torch.where(closing[:, None], torch.stack([self.cur, opener], 1),
                                                  self.closures[rows, k])
             self.n_closures += closing.long()
             self._link(rows, self.cur, opener, closing)  # and the opener's
-            self.free[rows, cidx] -= torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))
-            self.open_atom[rows, d] = torch.where(closing, torch.full_like(opener, -1),
-                                                  torch.where(opening, self.cur, opener))
-            self.open_order[rows, d] = torch.where(closing, torch.zeros_like(order),
-                                                   torch.where(opening, rb, order))
-            self.open_dash[rows, d] = torch.where(closing, False, torch.where(opening, self.ring_dash, self.open_dash[rows, d]))
+            self._add(self.free, cidx, -(torch.where(opening, rb.clamp(min=1) - 1, torch.zeros_like(rb))))
+            self._put(self.open_atom, d, torch.where(closing, torch.full_like(opener, -1),
+                                                  torch.where(opening, self.cur, opener)))
+            self._put(self.open_order, d, torch.where(closing, torch.zeros_like(order),
+                                                   torch.where(opening, rb, order)))
+            self._put(self.open_dash, d, torch.where(closing, False, torch.where(opening, self.ring_dash, self._g(self.open_dash, d))))
             self.ring_bond = torch.where(dig, torch.zeros_like(rb), self.ring_bond)
             self.ring_dash &= ~dig
 
