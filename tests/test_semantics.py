@@ -262,11 +262,13 @@ def test_dropping_finished_rows_from_the_decoding_loop_changes_no_decode(shipped
 
 def test_cornered_rows_get_copies_inside_the_decoding_loop_until_each_has_a_good_one(shipped_samples, monkeypatch):
     """A flagged row gets REDECODE_ROUND sampled copies added to the working set of the same loop, and
-    each failed copy as many again while the row has copies left; a row with a good copy stops getting
+    each failed copy REDECODE_AGAIN more while the row has copies left; a row with a good copy stops getting
     them, so far fewer copies are made than `redecodes` of every cornered row, and the loop runs far fewer
     steps than rounds of whole decodes would."""
     from grammar_rae.models.decoding import StackMachine
-    from grammar_rae.models.grammar_ae import REDECODE_ROUND
+    from math import gcd
+
+    from grammar_rae.models.grammar_ae import REDECODE_AGAIN, REDECODE_ROUND
     from grammar_rae.run import load_run
 
     z, _, _ = shipped_samples
@@ -290,7 +292,7 @@ def test_cornered_rows_get_copies_inside_the_decoding_loop_until_each_has_a_good
     monkeypatch.setattr(StackMachine, "extend", extending)
     monkeypatch.setattr(StackMachine, "choose", choosing)
     again = net.decode(zt)
-    assert cornered >= 5 and added and all(k % REDECODE_ROUND == 0 for k in added)
+    assert cornered >= 5 and added and all(k % gcd(REDECODE_ROUND, REDECODE_AGAIN) == 0 for k in added)
     assert sum(added) < net.redecodes * cornered / 2                   # under half of 16 copies of each
     assert int(again.cornered.sum()) < cornered // 2
     # one loop: fewer steps than the first decode plus one whole decode per round of copies

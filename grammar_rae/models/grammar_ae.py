@@ -26,9 +26,11 @@ from .decoding import Decoded, StackMachine, _scores, finish
 from .decoding import decode as masked_decode
 
 MODELS = GRAMMAR_MODELS
-# GrammarAE.decode: a cornered row is decoded again, at most REDECODES times, REDECODE_ROUND copies a round,
+# GrammarAE.decode: a flagged row is decoded again by sampling, at most REDECODES copies: REDECODE_ROUND at
+# first (a round, for a non-autoregressive decoder), REDECODE_AGAIN more for each that fails (in the
+# decoding loop: measured on zinc-grae, one at a time leaves a long tail of single rows, 3x the steps),
 # with draws seeded by REDECODE_SEED
-REDECODES, REDECODE_ROUND, REDECODE_SEED = 16, 2, 0
+REDECODES, REDECODE_ROUND, REDECODE_AGAIN, REDECODE_SEED = 16, 2, 2, 0
 # GrammarAE._decode_once: finished rows leave the working set once 1 / COMPACT_AT of it has finished (0: never)
 COMPACT_AT = 4
 
@@ -292,10 +294,11 @@ class GrammarAE(nn.Module):
             self.train(was)
 
     def _decode_loop(self, z, sample, temperature, generator, strings, retries) -> Decoded:
-        """The autoregressive decoding loop. A row flagged at its end (StackMachine.flagged) gets
-        ``REDECODE_ROUND`` sampled copies added to the working set at once, and each copy that fails (flagged,
-        cornered on the way, or too long to finish) is replaced by another while the row has copies left
-        (``retries`` in all); the first good copy is kept and the row's other copies stop."""
+        """The autoregressive decoding loop. A first decode that a mask corners (or, at its end, that
+        StackMachine.flagged flags) gets ``REDECODE_ROUND`` sampled copies added to the working set at once,
+        and each copy that fails (flagged, cornered on the way, or unable to finish in T steps) gets
+        ``REDECODE_AGAIN`` more while the row has copies left (``retries`` in all); the first good copy is
+        kept and the row's other copies (and its first decode) stop."""
         g, dev = self.grammar, z.device
         B, T, pad = len(z), self.config.max_length, g.padding_index
         machine = StackMachine(g, B, T, dev, semantics=self.semantic_layer)
@@ -327,12 +330,14 @@ class GrammarAE(nn.Module):
                 continue
             # a derivation ends when its stack empties, or when it can no longer finish in T steps
             ended = ~gone & (machine.done | machine.cannot_finish(T - pos) | (step == steps - 1))
+            # a first decode a mask cornered gets its copies at once (it goes on, to be kept if none is good)
+            early = ~gone & ~copy & machine.cornered & (made[live] == 0) if retries else None
             if retries:   # a copy a mask cornered is lost already
                 ended |= ~gone & copy & machine.cornered
-            if not bool(ended.any()):
+            if not bool(ended.any()) and not (retries and bool(early.any())):
                 continue
             flag = machine.flagged(ended)
-            first = ended & ~copy
+            first = ended & ~copy & ~resolved[live]                    # (a row with a good copy keeps it)
             good = ended & copy & machine.done & ~flag & ~resolved[live]
             if bool(good.any()):   # the first good copy of each row (the lowest entry among simultaneous ones)
                 idx = good.nonzero().flatten()
@@ -343,12 +348,13 @@ class GrammarAE(nn.Module):
             rules[rows_out], complete[rows_out] = work[keep], machine.done[keep]
             flagged[rows_out] = flag[keep] & ~good[keep]
             resolved[live[good]] = True
-            gone |= ended | (copy & resolved[live])                     # a resolved row's other copies stop
+            gone |= ended | resolved[live]                 # a resolved row's other copies (and first decode) stop
             if retries:   # new copies: REDECODE_ROUND for a flagged first decode, and for each failed copy
                 wanted = torch.zeros(B, dtype=torch.long, device=dev)
-                wanted.index_add_(0, live[first & flag], torch.full_like(live[first & flag], REDECODE_ROUND))
+                starts = (first & flag | early) & (made[live] == 0)
+                wanted.index_add_(0, live[starts], torch.full_like(live[starts], REDECODE_ROUND))
                 failed = ended & copy & ~good
-                wanted.index_add_(0, live[failed], torch.full_like(live[failed], REDECODE_ROUND))
+                wanted.index_add_(0, live[failed], torch.full_like(live[failed], REDECODE_AGAIN))
                 granted = torch.minimum(wanted, (retries - made).clamp(min=0)) * ~resolved
                 if bool(granted.any()):
                     src = torch.arange(B, device=dev).repeat_interleave(granted)
