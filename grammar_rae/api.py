@@ -385,8 +385,9 @@ class Model:
                  iterations: int = 5, batch: int = 50, seeds=(1,), n_decode: int | None = None,
                  inducing: int = 500, gp_epochs: int = 50, gp_lr: float = 5e-4, gp_refit_epochs: int | None = None,
                  gp: str = "native", incumbent: str = "posterior-mean", ei_search: str = "grid",
-                 search_region: str = "box", region_quantile: float = 0.01, scoring: str = "ours",
-                 data_rows: int | None = None, progress: bool = True, log=print, cache_dir=None) -> dict:
+                 search_region: str = "box", region_quantile: float = 0.01, local_share: float = 0.0,
+                 scoring: str = "ours", data_rows: int | None = None, progress: bool = True, log=print,
+                 cache_dir=None) -> dict:
         """``grammar-rae optimize``: Bayesian optimisation in the latent space (the GrammarVAE/RAE
         protocol by default; each keyword is the command's flag of that name, with its default).
         ``objective``: ``logp``, ``qed``, ``expr`` (with ``target``) or ``package.module:function``.
@@ -406,7 +407,7 @@ class Model:
             out = Path("bo") / "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.name}-{objective}")
         gp_config = GPConfig(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, backend=gp,
                              incumbent=incumbent, ei_search=ei_search, region=search_region,
-                             region_quantile=region_quantile)
+                             region_quantile=region_quantile, local=local_share)
         config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
                           seeds=(seeds,) if isinstance(seeds, int) else tuple(seeds), n_decode=n_decode,
                           data_rows=data_rows, gp=gp_config)

@@ -51,6 +51,10 @@ def _seeds(ctx, param, value):
                    "do not improve, doubled after three that do). See BENCHMARKS.md, Table 3.")
 @click.option("--region-quantile", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01, show_default=True,
               help="With --search-region density: the share of training codes left outside the region.")
+@click.option("--local-share", "local", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="The share of each batch chosen by EI among perturbations of the 10 best points so far (the "
+                   "data's and the evaluations'; 0.05-0.4 of the codes' std), where small basins are that the "
+                   "GP smooths over (grid EI search only; 0: the protocol). See BENCHMARKS.md, 'BO on new targets'.")
 @click.option("--scoring", type=click.Choice(["ours", "gvae"]), default="ours", show_default=True,
               help="Expressions: ours (true division), or gvae -- the published code's Python 2 integer division "
                    "(1 / 3 == 0), to put numbers beside the paper's. See README, 'BO protocol'.")
@@ -61,7 +65,8 @@ def _seeds(ctx, param, value):
 @O.out_dir("Output folder (resumable with the same settings).")
 @O.semantics
 def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
-             gp_lr, gp_backend, incumbent, ei_search, region, region_quantile, scoring, data_rows, device, threads, out):
+             gp_lr, gp_backend, incumbent, ei_search, region, region_quantile, local, scoring, data_rows, device, threads,
+             out):
     """Bayesian optimisation in the latent space of a trained run (the GrammarVAE/RAE protocol).
 
     Writes OUT/report.json (every evaluation and a summary), report.md, best_vs_evaluations.png and,
@@ -76,7 +81,8 @@ def optimize(objective, target, run_dir, iterations, batch, seeds, n_decode, ind
         torch.set_num_threads(threads)
 
     gp = GPConfig(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, backend=gp_backend,
-                  incumbent=incumbent, ei_search=ei_search, region=region, region_quantile=region_quantile)
+                  incumbent=incumbent, ei_search=ei_search, region=region, region_quantile=region_quantile,
+                  local=local)
     config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
                       seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, gp=gp)
     report = run_bo(run_dir, config, out, device=device, log=click.echo)

@@ -22,7 +22,7 @@ import torch
 from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
 from ..trainer import resolve_device
-from .acquisition import batched_greedy_ei, posterior_mean_incumbent
+from .acquisition import batched_greedy_ei, local_pool, posterior_mean_incumbent
 from .config import BOConfig, GPConfig
 from .gp import SparseGP
 from .objectives import Objective, get_objective
@@ -120,8 +120,10 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_config: GPConfig,
         best = posterior_mean_incumbent(gp, lower, upper, maximise, seed=seed, search=c.ei_search, **cut)
     else:
         best = float(y_fit.max() if maximise else y_fit.min())
+    n_local = int(round(c.local * batch))
+    pool = local_pool(x_fit, y_fit, maximise, lower, upper, seed) if n_local else None
     points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=c.ei_search, seed=seed, maximise=maximise,
-                               **cut)
+                               local=pool, n_local=n_local, **cut)
     return points, gp, metrics, (lower, upper)
 
 

@@ -32,6 +32,8 @@ class GPConfig:
     ei_search: str = "grid"
     region: str = "box"                   # where EI searches: box, density or trust (bo.py, trust.py)
     region_quantile: float = 0.01         # density region: share of training codes left outside
+    local: float = 0.0                    # share of each batch chosen near the best points so far
+                                          # (acquisition.local_pool; 0: the protocol's EI alone)
 
     def __post_init__(self):
         for name, value, allowed in (("search region", self.region, REGIONS), ("incumbent", self.incumbent, INCUMBENTS),
@@ -41,6 +43,11 @@ class GPConfig:
         for name in ("n_inducing", "epochs", "batch"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"the GP's {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.local <= 1.0:
+            raise ConfigError(f"the local share of a batch must be in [0, 1], got {self.local}")
+        if self.local and (self.ei_search != "grid" or self.backend != "native"):
+            raise ConfigError("local proposals (--local-share) are chosen by the grid EI search (--ei-search grid) "
+                              "of the native GP (--gp native)")
         if not self.lr > 0:
             raise ConfigError(f"the GP's learning rate must be positive, got {self.lr}")
         if self.region == "density":
@@ -72,6 +79,8 @@ class GPConfig:
             kw.pop("region")
         if self.region != "density":
             kw.pop("region_quantile")
+        if not self.local:
+            kw.pop("local")
         return kw
 
 
