@@ -234,9 +234,9 @@ class GrammarAE(nn.Module):
         as a whole (an aromatic atom on no ring: SemanticState.broken), is decoded again from the same code
         by sampling (temperature ``redecode_temperature``), at most ``redecodes`` times, keeping the first
         copy that no mask had to give way in; after ``redecodes`` bad copies it keeps its first decode. An
-        autoregressive decoder does this inside its decoding loop: a flagged row starts again at once
-        while the others go on, and a copy that gets cornered is abandoned at that step (it could not be
-        kept), so the copies cost little more than the tail of the first decode (_decode_once). A
+        autoregressive decoder does this inside its decoding loop (_decode_loop): a row's copies join the
+        working set as soon as a mask corners its first decode (or when it ends flagged) while the others
+        go on, and a copy that gets cornered is abandoned at that step (it could not be kept). A
         non-autoregressive decoder decodes again in rounds of ``REDECODE_ROUND`` copies. (On zinc-grae's
         GMM samples 62% of copies are good and every cornered row got one within 5.) A true derivation is
         never cornered (the masks admit every real molecule), so this changes only decodes that were
