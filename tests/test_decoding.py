@@ -59,3 +59,35 @@ def test_sampling_follows_the_masked_softmax(expr):
     freq = torch.bincount(r, minlength=12).float() / 20000
     want = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 0.5]), 0)
     assert freq[4:].sum() == 0 and torch.allclose(freq[:4], want, atol=0.015)
+
+
+@pytest.mark.parametrize("name", ["expr", "smiles"])
+def test_min_left_is_a_lower_bound_on_the_steps_a_true_derivation_still_takes(name, request):
+    """StackMachine.min_left (each stack entry's shortest derivation, summed) never exceeds the steps a real
+    derivation still takes, reaches 0 when it ends, and is tight somewhere (else cannot_finish would end
+    nothing early)."""
+    from grammar_rae.grammar import load_grammar
+
+    g = load_grammar(name)
+    strings = {"expr": ["x", "sin( x ) + 3 * x", "exp( 2 + x / 1 ) * x * x", "( x )"],
+               "smiles": ["C", "CCO", "c1ccccc1O", "CC(=O)N[C@@H](C)c1ccc(Cl)cc1", "C[NH3+]"]}[name]
+    seqs = [g.parse(s) for s in strings]
+    T = max(len(r) for r in seqs)
+    m = StackMachine(g, len(seqs), T)
+    rules = torch.full((len(seqs), T), g.padding_index, dtype=torch.long)
+    for i, r in enumerate(seqs):
+        rules[i, :len(r)] = torch.as_tensor(r)
+    lengths = torch.tensor([len(r) for r in seqs])
+    tight = torch.zeros(len(seqs), dtype=torch.bool)
+    for t in range(T):
+        left = (lengths - t).clamp(min=0)
+        assert bool((m.min_left <= left).all()), (t, m.min_left.tolist(), left.tolist())
+        assert not bool(m.cannot_finish(left).any())
+        tight |= (m.min_left == left) & (left > 0)
+        m.force(rules[:, t])
+    assert bool(m.done.all()) and m.min_left.tolist() == [0] * len(seqs)
+    assert bool(tight.any())
+    # finished stacks need no step; a fresh one cannot finish in none, nor in fewer than its shortest derivation
+    fresh = StackMachine(g, 1, T)
+    assert not bool(m.cannot_finish(0).any()) and bool(fresh.cannot_finish(0).all())
+    assert bool(fresh.cannot_finish(int(fresh.min_left[0]) - 1).all()) and not bool(fresh.cannot_finish(int(fresh.min_left[0])).any())
