@@ -129,8 +129,6 @@ class SmilesSemantics:
         self.arom_kind = column({r: arom_kinds[e] for r, e, a in elements if a})
         # the same bound by aromatic kind (what an atom's elem_kind looks up; none for KIND_NONE)
         self.kind_max_degree = torch.tensor([MAX_ATOMS] + [MAX_DEGREE[e] for e in arom_kinds])
-        self.aliphatic_cols = torch.tensor([r for r, _, a in elements if not a])
-        self.aromatic_cols = torch.tensor([r for r, _, a in elements if a])
         # bracket atoms: what charge does to an element's valence (RDKit: an ion has the valences of the
         # element with its electron count): B -q, C -|q| (kind -1, 0); N, O, S, P and halogens (kind: their
         # valence electrons, 5-7) +q while the ion keeps at least four electrons, fewer below (_charge_delta);
