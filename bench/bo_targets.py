@@ -280,21 +280,40 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s)[:60]
 
 
+def _data_strings(task: str) -> set:
+    from grammar_rae.data.shipped import shipped_path
+
+    if task == "expr":
+        return set(_file_rows())
+    return {s.strip() for s in shipped_path("zinc250k").read_text().splitlines() if s.strip()}
+
+
 def cmd_report(a):
-    rows = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob(f"{a.only}/*.json"))]
     if not rows:
         raise SystemExit(f"no results under {a.out}")
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["task"], r["target"], r["budget"], r["method"]), []).append(r)
-    lines = ["| task | target | budget | method | best (median over seeds) | mean | valid | seeds |", "|---|---|---|---|---|---|---|---|"]
+    data = {task: _data_strings(task) for task in {r["task"] for r in rows}}
+    lines = ["Best and mean: medians over seeds of each run's best and mean valid score. Beyond the data: the "
+             "best of the evaluations that are not rows of the data set (- : none); data rows: the share of "
+             "the evaluations that are.", "",
+             "| task | target | budget | method | best (median over seeds) | mean | valid | beyond the data | "
+             "data rows | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (task, target, budget, method), rs in sorted(groups.items()):
         best = np.median([r["best"] for r in rs if r["best"] is not None])
         mean = np.median([r["mean"] for r in rs if r["mean"] is not None])
+        sign = 1.0 if rs[0]["higher_is_better"] else -1.0
+        beyond = [sign * max((sign * sc for sc, ok, st in zip(r["scores"], r["valid"], r["strings"])
+                              if ok and st not in data[task]), default=-np.inf) for r in rs]
+        beyond = [b for b in beyond if np.isfinite(b)]
+        in_data = np.mean([np.mean([st in data[task] for st in r["strings"]]) for r in rs])
         lines.append(f"| {task} | `{target}` | {budget} | {method} | {best:.3f} | {mean:.3f} | "
-                     f"{np.mean([r['fraction_valid'] for r in rs]):.2f} | {len(rs)} |")
+                     f"{np.mean([r['fraction_valid'] for r in rs]):.2f} | "
+                     f"{np.median(beyond) if beyond else float('nan'):.3f} | {in_data:.2f} | {len(rs)} |")
     text = "\n".join(lines) + "\n" + summary(groups)
-    (Path(a.out) / "table.md").write_text(text)
+    (Path(a.out) / f"table{'' if a.only == '*' else '-' + a.only}.md").write_text(text)
     print(text)
     for task, budget in sorted({(k[0], k[2]) for k in groups}):
         plot_task(groups, task, budget, Path(a.out) / f"{task}-{budget}.png")
@@ -303,13 +322,13 @@ def cmd_report(a):
 def summary(groups) -> str:
     """Per task and budget, for each method against random search: targets won in best-found and in mean
     (medians over seeds), and the median ratio of best-found (BO / random; < 1 is better when lower is)."""
-    out = ["", "| task | budget | method | wins in best vs random | wins in mean vs random | median best ratio |",
-           "|---|---|---|---|---|---|"]
+    out = ["", "| task | budget | method | wins in best vs random | wins in mean vs random | median best ratio | "
+           "wins in best vs GMM |", "|---|---|---|---|---|---|---|"]
     for task, budget in sorted({(k[0], k[2]) for k in groups}):
         methods = sorted({k[3] for k in groups if k[0] == task and k[2] == budget} - {"random"})
         targets = sorted({k[1] for k in groups if k[0] == task and k[2] == budget and k[3] == "random"})
         for method in methods:
-            wins_best = wins_mean = n = 0
+            wins_best = wins_mean = wins_gmm = n = n_gmm = 0
             ratios = []
             for t in targets:
                 if (task, t, budget, method) not in groups:
@@ -322,8 +341,11 @@ def summary(groups) -> str:
                 wins_mean += sign * med(mine, "mean") > sign * med(rand, "mean")
                 if med(rand, "best") != 0:
                     ratios.append(med(mine, "best") / med(rand, "best"))
+                if (task, t, budget, "gmm") in groups:
+                    n_gmm += 1
+                    wins_gmm += sign * med(mine, "best") > sign * med(groups[(task, t, budget, "gmm")], "best")
             out.append(f"| {task} | {budget} | {method} | {wins_best}/{n} | {wins_mean}/{n} | "
-                       f"{np.median(ratios) if ratios else float('nan'):.3f} |")
+                       f"{np.median(ratios) if ratios else float('nan'):.3f} | {wins_gmm}/{n_gmm} |")
     return "\n".join(out) + "\n"
 
 
@@ -381,6 +403,7 @@ def main():
     r.add_argument("--out", default="bench/results/bo-targets")
     p = sub.add_parser("report")
     p.add_argument("--out", default="bench/results/bo-targets")
+    p.add_argument("--only", default="*", help="one result folder (expr-dev, expr-test, molecules); default all")
     a = ap.parse_args()
     {"targets": cmd_targets, "run": cmd_run, "report": cmd_report}[a.cmd](a)
 

@@ -382,14 +382,17 @@ class Model:
                                 log=log or _quiet, out=out)
 
     def optimize(self, objective: str, out: str | Path | None = None, *, target: str | None = None,
-                 iterations: int = 5, batch: int = 50, seeds=(1,), n_decode: int | None = None,
-                 inducing: int = 500, gp_epochs: int = 50, gp_lr: float = 5e-4, gp_refit_epochs: int | None = None,
-                 gp: str = "native", incumbent: str = "posterior-mean", ei_search: str = "grid",
-                 search_region: str = "box", region_quantile: float = 0.01, local_share: float = 0.0,
-                 scoring: str = "ours", data_rows: int | None = None, progress: bool = True, log=print,
-                 cache_dir=None) -> dict:
-        """``grammar-rae optimize``: Bayesian optimisation in the latent space (the GrammarVAE/RAE
-        protocol by default; each keyword is the command's flag of that name, with its default).
+                 protocol: str = "default", iterations: int = 5, batch: int = 50, seeds=(1,),
+                 n_decode: int | None = None, inducing: int | None = None, gp_epochs: int | None = None,
+                 gp_lr: float | None = None, gp_refit_epochs: int | None = None, gp_rows: int | None = None,
+                 gp: str | None = None, incumbent: str | None = None, ei_search: str | None = None,
+                 search_region: str | None = None, region_quantile: float | None = None,
+                 local_share: float | None = None, new_only: bool | None = None, scoring: str = "ours",
+                 data_rows: int | None = None, progress: bool = True, log=print, cache_dir=None) -> dict:
+        """``grammar-rae optimize``: Bayesian optimisation in the latent space. ``protocol``: the preset
+        the settings start from (``default``, chosen on bench/bo_targets.py's development targets, or
+        ``gvae``, the GrammarVAE/RAE protocol of Table 3; :data:`grammar_rae.optimize.config.PRESETS`);
+        every other keyword is the command's flag of that name (None: the preset's value).
         ``objective``: ``logp``, ``qed``, ``expr`` (with ``target``) or ``package.module:function``.
         Writes ``out`` (default bo/NAME-OBJECTIVE; the same call again resumes it) and returns the
         report: ``report["summary"]["top3"]``, ``["fraction_valid"]``, every evaluation.
@@ -397,20 +400,21 @@ class Model:
         Example::
 
             m = grammar_rae.load("expr-grae")
-            bo = m.optimize("expr", iterations=1, batch=5, data_rows=500, inducing=50, gp_epochs=5)
+            bo = m.optimize("expr", target="x * 3", iterations=1, batch=5, data_rows=500, inducing=50, gp_epochs=5)
             bo["summary"]["top3"]
         """
         from .optimize.bo import run_bo
-        from .optimize.config import BOConfig, GPConfig
+        from .optimize.config import make_config
 
         if out is None:
             out = Path("bo") / "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.name}-{objective}")
-        gp_config = GPConfig(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, backend=gp,
-                             incumbent=incumbent, ei_search=ei_search, region=search_region,
-                             region_quantile=region_quantile, local=local_share)
-        config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
-                          seeds=(seeds,) if isinstance(seeds, int) else tuple(seeds), n_decode=n_decode,
-                          data_rows=data_rows, gp=gp_config)
+        gp_kw = dict(n_inducing=inducing, epochs=gp_epochs, lr=gp_lr, refit_epochs=gp_refit_epochs, rows=gp_rows,
+                     backend=gp, incumbent=incumbent, ei_search=ei_search, region=search_region,
+                     region_quantile=region_quantile, local=local_share)
+        config = make_config(protocol, gp_kw, objective=objective, target=target, scoring=scoring,
+                             iterations=iterations, batch=batch,
+                             seeds=(seeds,) if isinstance(seeds, int) else tuple(seeds), n_decode=n_decode,
+                             data_rows=data_rows, new_only=new_only)
         with self._semantics_for_reloads():
             return run_bo(self.run_dir, config, out, device=str(self.device), progress=progress, log=log or _quiet,
                           cache_dir=cache_dir)

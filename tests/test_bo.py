@@ -101,7 +101,7 @@ def test_the_independent_scorer_agrees_on_hand_picked_expressions():
 def test_optimize_cli_report_rescores_independently_and_resumes(run, tmp_path):
     args = ["optimize", "--objective", "expr", "--run", str(run), "--iterations", "2", "--batch", "3",
             "--seeds", "1,2", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--gp-refit-epochs", "1",
-            "--gp-lr", "0.01",
+            "--gp-lr", "0.01", "--protocol", "gvae",   # the protocol: its states' format is what this checks
             "--device", "cpu", "--out", str(tmp_path / "bo")]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
@@ -377,3 +377,81 @@ def test_optimize_cli_trust_region(run, tmp_path):
     with pytest.raises(ConfigError, match="unknown search region 'trsut'"):
         optimize(run, "expr", tmp_path / "api", gp_kw={"region": "trsut"})
     assert not (tmp_path / "api").exists()
+
+
+class _GridNet:
+    """A stand-in decoder: a code decodes (every sample alike) to the cell of a unit grid its first two
+    coordinates fall in, so nearby codes share a string and farther ones do not."""
+
+    def decode_repeated(self, z, n, sample=True, generator=None):
+        import types
+
+        cells = [f"c{int(a // 1)}:{int(b // 1)}" for a, b in z[:, :2].tolist()]
+        for _ in range(n):
+            yield types.SimpleNamespace(strings=list(cells))
+
+
+def test_decode_new_never_repeats_an_evaluation_and_moves_points_to_new_strings():
+    """Five points on one spot: the protocol's rule evaluates one string five times; decode_new keeps the
+    first point, moves the others to perturbations whose decodes are new (inside the box it is given),
+    and leaves known strings alone; a point with nothing new anywhere keeps the protocol's choice."""
+    import numpy as np
+
+    from grammar_rae.optimize.bo import decode_new, decode_points
+
+    net, ok = _GridNet(), (lambda s: True)
+    pts = np.full((5, 3), 0.5)
+    box = (np.full(3, -3.0), np.full(3, 4.0))
+    assert decode_points(net, pts, 3, ok, 0, "cpu") == ["c0:0"] * 5            # what the protocol evaluates
+    moved, strings = decode_new(net, pts, 3, ok, 0, "cpu", known={"c1:0"}, box=box, scale=np.ones(3))
+    assert strings[0] == "c0:0" and np.allclose(moved[0], 0.5)                   # new: kept where it was
+    assert len(set(strings)) == 5 and "c1:0" not in strings                     # all new, none known
+    assert all(s == f"c{int(a // 1)}:{int(b // 1)}" for s, (a, b, _) in zip(strings, moved))   # moved with its string
+    assert ((moved >= box[0]) & (moved <= box[1])).all()
+    # only the points' own cell is inside: nothing new can be found, so the protocol's choice is kept
+    _, strings = decode_new(net, pts[:2], 3, ok, 0, "cpu", known=set(), box=box, scale=np.ones(3),
+                            inside=lambda c: (np.floor(c[:, 0]) == 0) & (np.floor(c[:, 1]) == 0))
+    assert strings == ["c0:0", "c0:0"]
+    # an invalid decode is never chosen, new or not
+    _, strings = decode_new(net, pts[:1], 3, lambda s: s != "c0:0", 0, "cpu", known=set(), box=box, scale=np.ones(3))
+    assert strings[0] not in (None, "c0:0")
+
+
+def test_gp_rows_keep_the_best_tenth_and_a_seeded_sample():
+    import numpy as np
+
+    from grammar_rae.optimize.bo import gp_rows
+
+    y = np.random.default_rng(0).normal(size=5000)
+    assert np.array_equal(gp_rows(y, None, True, 1), np.arange(5000))
+    assert np.array_equal(gp_rows(y, 9000, True, 1), np.arange(5000))
+    for maximise in (True, False):
+        rows = gp_rows(y, 1000, maximise, seed=1)
+        assert len(rows) == len(set(rows.tolist())) == 1000 and np.all(np.diff(rows) > 0)
+        best = np.argsort(-y if maximise else y)[:100]
+        assert set(best.tolist()) <= set(rows.tolist())                        # the best tenth, all of it
+        assert np.array_equal(rows, gp_rows(y, 1000, maximise, seed=1))         # seeded
+        assert not np.array_equal(rows, gp_rows(y, 1000, maximise, seed=2))
+        rest = np.setdiff1d(rows, best)
+        assert abs(np.median(y[rest])) < 0.15                                   # the others: a uniform sample
+
+
+def test_the_default_protocol_evaluates_no_string_twice(run, tmp_path):
+    """On the tiny model the protocol's batches decode to few distinct strings (repeats); the default
+    preset's every evaluation is a string the run had not evaluated, across iterations and on resume."""
+    args = ["optimize", "--objective", "expr", "--target", "x * 3", "--run", str(run), "--iterations", "2",
+            "--batch", "8", "--n-decode", "3", "--inducing", "20", "--gp-epochs", "2", "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--protocol", "gvae", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    protocol = [e["string"] for e in json.loads((tmp_path / "p" / "report.json").read_text())["evaluations"]]
+    assert len(set(protocol)) < len(protocol)
+    r = CliRunner().invoke(main, args[:8] + ["1"] + args[9:] + ["--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "d")])         # resumed for iteration 2
+    assert r.exit_code == 0 and "resuming after iteration 1" in r.output, r.output
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    strings = [e["string"] for e in report["evaluations"]]
+    assert len(strings) == 16 and len(set(strings)) == 16 and None not in strings
+    assert report["protocol"] == "default" and report["new_only"] is True
+    state = json.loads((tmp_path / "d" / "state" / "seed-1.json").read_text())
+    assert state["settings"]["new_only"] is True and state["settings"]["gp"]["local"] == 0.5

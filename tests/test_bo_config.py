@@ -57,3 +57,29 @@ def test_the_settings_a_state_records_keep_the_format_earlier_runs_wrote():
     # more iterations or seeds do not change what a resume compares
     assert BOConfig("expr", iterations=9, seeds=(1, 2)).resume_settings("e", 5, False) == \
         BOConfig("expr", iterations=1).resume_settings("e", 5, False)
+
+
+def test_presets_and_what_the_user_gives_over_them():
+    from grammar_rae.optimize.config import PRESETS, make_config
+
+    g = make_config("gvae", objective="logp")
+    assert g.gp == GPConfig() and not g.new_only and g.decodes_per_point(True) == 500   # the protocol, exactly
+    d = make_config("default", objective="logp")
+    assert d.gp == GPConfig.from_kw(PRESETS["default"]["gp"]) and d.new_only and d.decodes_per_point(True) == 10
+    assert d.decodes_per_point(False) == 25 and make_config("default", objective="e", n_decode=3).decodes_per_point(True) == 3
+    # a flag given wins over the preset; None means "the preset's"
+    c = make_config("default", {"local": 0.0, "epochs": None, "rows": 50}, objective="expr", new_only=False)
+    assert c.gp.local == 0.0 and c.gp.epochs == 10 and c.gp.rows == 50 and not c.new_only
+    # another EI search than the grid goes without the preset's local proposals instead of an error ...
+    assert make_config("default", {"ei_search": "multistart"}, objective="expr").gp.local == 0.0
+    assert make_config("default", {"backend": "botorch"}, objective="expr").gp.local == 0.0
+    # ... but asking for both is still refused with the reason
+    with pytest.raises(ConfigError, match="grid EI search"):
+        make_config("default", {"ei_search": "multistart", "local": 0.5}, objective="expr")
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        make_config("gvea", objective="expr")
+    with pytest.raises(ConfigError, match="at least 10"):
+        make_config("default", {"rows": 3}, objective="expr")
+    # recorded only when set: a protocol run's settings keep the format older states wrote
+    assert "new_only" not in g.resume_settings("logp", 10, True) and "rows" not in g.gp.as_kw()
+    assert d.resume_settings("logp", 10, True)["new_only"] is True and d.gp.as_kw()["rows"] == 10_000

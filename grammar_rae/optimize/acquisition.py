@@ -244,7 +244,13 @@ def _greedy_grid(gp, f_best, sign, region: Region, batch, grid, maxiter, pool=No
         if k >= batch - n_local:   # a local proposal: the best point of the next group, as it is
             group = pool[(k - (batch - n_local)) % len(pool)]
             with torch.no_grad():
-                x = group[log_ei(group).argmax()]
+                score = log_ei(group)
+            ok = torch.as_tensor(region.inside(group), device=score.device)
+            if not ok.any():   # the whole group outside a density region: its anchor's best candidate inside
+                group, ok = group[:1], torch.ones(1, dtype=torch.bool, device=score.device)
+                group = region.pull(grid[0], group[0])[None]
+                score = torch.zeros(1, dtype=score.dtype, device=score.device)
+            x = group[torch.where(ok, score, torch.tensor(-torch.inf, dtype=score.dtype)).argmax()]
         else:
             with torch.no_grad():
                 start = grid[log_ei(grid).argmax()]
