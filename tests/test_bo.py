@@ -311,7 +311,7 @@ def test_optimize_cli_density_region(run, tmp_path):
     points = np.array([p for it in state["iterations"] for p in it["points"]])
     assert points.shape == (6, z.shape[1]) and (density.log_prob(points) >= tau - 1e-9).all()
     assert (density.log_prob(z[state["train"]]) >= tau).mean() < 0.81  # 20% of the codes lie outside
-    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "b")])
+    r = CliRunner().invoke(main, args + ["--protocol", "gvae", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     gp = json.loads((tmp_path / "b" / "state" / "seed-1.json").read_text())["settings"]["gp"]
     assert "region" not in gp and "region_quantile" not in gp
@@ -455,3 +455,46 @@ def test_the_default_protocol_evaluates_no_string_twice(run, tmp_path):
     assert report["protocol"] == "default" and report["new_only"] is True
     state = json.loads((tmp_path / "d" / "state" / "seed-1.json").read_text())
     assert state["settings"]["new_only"] is True and state["settings"]["gp"]["local"] == 0.5
+
+
+def test_a_default_run_on_a_thinned_gp_resumes_to_what_an_uninterrupted_one_proposes(run, tmp_path):
+    """--gp-rows 30 (of 270 training codes): stopped after iteration 1 and resumed, the default preset proposes
+    and evaluates exactly what one uninterrupted run does (GP rows, moved points and the strings already
+    evaluated are all rebuilt from the state); the state records the rows."""
+    args = ["optimize", "--objective", "expr", "--target", "x * 3", "--run", str(run), "--batch", "6", "--n-decode", "3",
+            "--inducing", "10", "--gp-epochs", "2", "--gp-rows", "30", "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--iterations", "2", "--out", str(tmp_path / "once")])
+    assert r.exit_code == 0, r.output
+    for n in (1, 2):
+        r = CliRunner().invoke(main, args + ["--iterations", str(n), "--out", str(tmp_path / "twice")])
+        assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / d / "state" / "seed-1.json").read_text()) for d in ("once", "twice"))
+    assert a["settings"]["gp"]["rows"] == 30
+    for x, y in zip(a["iterations"], b["iterations"], strict=True):
+        assert x["points"] == y["points"] and x["evaluations"] == y["evaluations"]
+
+
+def test_local_proposals_outside_a_density_region_give_way_to_the_grids_point():
+    """A region that holds only x0 < 0 and a pool of candidates all at x0 > 0: every point of the batch,
+    local slots included, lies in the region."""
+    import numpy as np
+
+    from grammar_rae.optimize.acquisition import batched_greedy_ei
+    from grammar_rae.optimize.gp import SparseGP
+
+    class Half:                                   # the density region {x : x0 < 0} of the box [-1, 1]^3
+        def sample(self, n, seed=0):
+            u = np.random.default_rng(seed).uniform(-1, 1, size=(n, 3))
+            u[:, 0] = -np.abs(u[:, 0])
+            return u
+
+        def log_prob(self, x):
+            return np.where(np.asarray(x)[:, 0] < 0, 0.0, -1e9)
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(-1, 1, size=(300, 3))
+    gp = SparseGP.fit(z, z[:, 0] + z[:, 1], n_inducing=20, epochs=5, batch=300, lr=0.03, seed=0)
+    pool = rng.uniform(0.2, 1.0, size=(4, 50, 3))  # every candidate outside the region
+    pts = batched_greedy_ei(gp, 1.0, -np.ones(3), np.ones(3), batch=4, seed=0, n_grid=500, maxiter=10,
+                            maximise=True, density=Half(), threshold=-1.0, local=pool, n_local=2)
+    assert pts.shape == (4, 3) and (pts[:, 0] <= 1e-9).all(), pts

@@ -66,7 +66,8 @@ def test_presets_and_what_the_user_gives_over_them():
     assert g.gp == GPConfig() and not g.new_only and g.decodes_per_point(True) == 500   # the protocol, exactly
     d = make_config("default", objective="logp")
     assert d.gp == GPConfig.from_kw(PRESETS["default"]["gp"]) and d.new_only and d.decodes_per_point(True) == 10
-    assert d.decodes_per_point(False) == 25 and make_config("default", objective="e", n_decode=3).decodes_per_point(True) == 3
+    assert d.decodes_per_point(False) == 25
+    assert make_config("default", objective="e", n_decode=3).decodes_per_point(True) == 3
     # a flag given wins over the preset; None means "the preset's"
     c = make_config("default", {"local": 0.0, "epochs": None, "rows": 50}, objective="expr", new_only=False)
     assert c.gp.local == 0.0 and c.gp.epochs == 10 and c.gp.rows == 50 and not c.new_only

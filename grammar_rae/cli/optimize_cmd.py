@@ -22,7 +22,8 @@ def _seeds(ctx, param, value):
 @O.run()
 @click.option("--protocol", type=click.Choice(["default", "gvae"]), default="default", show_default=True,
               help="The preset every setting below starts from (a flag given overrides it): default, chosen on "
-                   "bench/bo_targets.py's development targets (a GP on 10,000 codes, 10 epochs at 5e-3; half of each batch by EI in the box, half near the 10 best points so far; every "
+                   "bench/bo_targets.py's development targets (a GP on 10,000 codes, 10 epochs at 5e-3; half of "
+                   "each batch by EI in the box, half near the 10 best points so far; every "
                    "evaluation a new string; 10 decodes per molecule point), or gvae, the GrammarVAE/RAE protocol "
                    "of Table 3 (a GP on all codes, 50 epochs at 5e-4, EI in the box, 500 decodes per molecule "
                    "point). See BENCHMARKS.md, 'BO on targets it was never tuned on'.")
@@ -64,7 +65,8 @@ def _seeds(ctx, param, value):
 @click.option("--local-share", "local", type=click.FloatRange(0.0, 1.0), default=None,
               help="The share of each batch chosen by EI among perturbations of the 10 best points so far (the "
                    "data's and the evaluations'; 0.05-0.4 of the codes' std), where small basins are that the "
-                   "GP smooths over (grid EI search only; default 0.5; gvae: 0). See BENCHMARKS.md, 'BO on targets "
+                   "GP smooths over (grid EI search of the native GP only: with --ei-search multistart or --gp botorch "
+                   "the default preset goes without them; default 0.5; gvae: 0). See BENCHMARKS.md, 'BO on targets "
                    "it was never tuned on'.")
 @click.option("--new-only/--repeats", "new_only", default=None,
               help="Every evaluation a string this run has not evaluated yet: a point whose decodes are all "
@@ -74,7 +76,8 @@ def _seeds(ctx, param, value):
               help="Expressions: ours (true division), or gvae -- the published code's Python 2 integer division "
                    "(1 / 3 == 0), to put numbers beside the paper's. See README, 'BO protocol'.")
 @click.option("--data-rows", type=int, default=None,
-              help="Fit the GP on a seeded sample of this many of the run's data rows (default: all, the protocol).")
+              help="Use a seeded sample of this many of the run's data rows (encoded, scored, the GP's data and "
+                   "the local proposals' anchors; default: all). --gp-rows thins only the GP's data.")
 @O.device
 @O.threads
 @O.out_dir("Output folder (resumable with the same settings).")

@@ -241,17 +241,15 @@ def _greedy_grid(gp, f_best, sign, region: Region, batch, grid, maxiter, pool=No
 
     chosen = []
     for k in range(batch):
-        if k >= batch - n_local:   # a local proposal: the best point of the next group, as it is
+        x = None
+        if k >= batch - n_local:   # a local proposal: the best point of the next group inside the region, as it is
             group = pool[(k - (batch - n_local)) % len(pool)]
-            with torch.no_grad():
-                score = log_ei(group)
-            ok = torch.as_tensor(region.inside(group), device=score.device)
-            if not ok.any():   # the whole group outside a density region: its anchor's best candidate inside
-                group, ok = group[:1], torch.ones(1, dtype=torch.bool, device=score.device)
-                group = region.pull(grid[0], group[0])[None]
-                score = torch.zeros(1, dtype=score.dtype, device=score.device)
-            x = group[torch.where(ok, score, torch.tensor(-torch.inf, dtype=score.dtype)).argmax()]
-        else:
+            ok = torch.as_tensor(region.inside(group), device=group.device)
+            if bool(ok.any()):     # (a group wholly outside a density region gives way to the grid's EI point)
+                with torch.no_grad():
+                    score = log_ei(group)
+                x = group[torch.where(ok, score, torch.tensor(-torch.inf, dtype=score.dtype)).argmax()]
+        if x is None:
             with torch.no_grad():
                 start = grid[log_ei(grid).argmax()]
             x = region.pull(start, _lbfgs(log_ei, start, lo, hi, maxiter))

@@ -23,7 +23,7 @@ from ..checkpoint import read_json, write_json
 from ..errors import ConfigError
 from ..trainer import resolve_device
 from .acquisition import batched_greedy_ei, local_pool, posterior_mean_incumbent
-from .config import BOConfig, GPConfig
+from .config import BOConfig, GPConfig, make_config
 from .gp import SparseGP
 from .objectives import Objective, get_objective
 from .regions import make_region
@@ -122,7 +122,12 @@ def _propose(x_fit, y_fit, box, batch: int, maximise: bool, gp_config: GPConfig,
     else:
         best = float(y_fit.max() if maximise else y_fit.min())
     n_local = int(round(c.local * batch))
-    pool = local_pool(*(anchors or (x_fit, y_fit)), maximise, lower, upper, seed) if n_local else None
+    pool = None
+    if n_local:   # perturbations of the best known points that lie where EI searches (a trust region: its own)
+        xa, ya = anchors or (x_fit, y_fit)
+        inside = np.all((xa >= lower) & (xa <= upper), axis=1)
+        pool = local_pool(xa[inside], ya[inside], maximise, lower, upper, seed) if inside.any() else None
+        n_local = n_local if pool is not None else 0
     points = batched_greedy_ei(gp, best, lower, upper, batch=batch, search=c.ei_search, seed=seed, maximise=maximise,
                                local=pool, n_local=n_local, **cut)
     return points, gp, metrics, (lower, upper)
@@ -159,15 +164,17 @@ def _first_new(decodes: list[str | None], valid, taken: set) -> str | None:
 def decode_new(net, points: np.ndarray, n_decode: int, valid, seed: int, device, known: set, box,
                scale: np.ndarray, inside=None) -> tuple[np.ndarray, list[str | None]]:
     """Like :func:`decode_points`, but every string new: per point the most frequent valid decode that is
-    not in ``known`` (the run's earlier evaluations) nor chosen for an earlier point of the batch. A point none of whose decodes is new is replaced by the first of ``NEW_PER`` perturbations
-    of it (Gaussian, ``NEW_SCALES`` × ``scale`` per dimension, clipped to ``box``, the bounds searched;
-    with ``inside``, a function of [n, d] codes, only those it accepts) whose decodes give one, smallest
+    not in ``known`` (the run's earlier evaluations) nor chosen for an earlier point of the batch. A
+    point none of whose decodes is new is replaced by the first of ``NEW_PER`` perturbations of it
+    (Gaussian, ``NEW_SCALES`` × ``scale`` per dimension, clipped to ``box``, the bounds searched; with
+    ``inside``, a function of [n, d] codes, only those it accepts) whose decodes give one, smallest
     scale first; a point still without one keeps its most frequent valid decode (a repeat).
     A repeat tells the GP nothing and spends an evaluation (bench/bo_targets.py: the protocol's batches
     decoded to the same few strings again and again; 60 evaluations held 26 distinct strings). Data rows
     are not excluded: their scores are known, but the decoder's basins are so wide that few codes near
     the data decode to anything else (on expr-grae, 2-9 of 50 perturbations at 0.8-1.6 std), so
-    excluding them leaves little to evaluate near the best rows. Returns (the points, moved ones replaced; strings)."""
+    excluding them leaves little to evaluate near the best rows.
+    Returns (the points, moved ones replaced; their strings)."""
     decodes = _decodes(net, points, n_decode, seed, device)
     taken = set(known)
     points = np.array(points, dtype=np.float64, copy=True)
@@ -234,9 +241,13 @@ def run_seed(net, z, y, objective: Objective, seed: int, config: BOConfig, state
         if isinstance(gp_settings, dict):
             gp_settings.setdefault("backend", "native")  # API states from before BOConfig named no backend
         if state.get("settings", settings) != settings:
-            changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+            old = state.get("settings", {})
+            changed = sorted(k for k in set(settings) | set(old) if old.get(k) != settings.get(k))
+            hint = (" (it was made by the GrammarVAE protocol, the default before the presets: add --protocol gvae)"
+                    if "new_only" not in old and "rows" not in (old.get("gp") or {}) and settings.get("new_only")
+                    else "")
             raise ConfigError(f"{state_path.parent.parent} holds a BO run with other settings ({', '.join(changed)}); "
-                              "choose another --out, or repeat the original settings to resume it")
+                              f"choose another --out, or repeat the original settings to resume it{hint}")
         log(f"seed {seed}: resuming after iteration {len(state['iterations'])}")
     else:
         state = {**_initial_state(seed, len(z)), "settings": settings}
@@ -335,13 +346,15 @@ def summarise(states: list[dict], objective: Objective) -> dict:
 def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str | None = None, iterations: int = 5,
              batch: int = 50, seeds=(1,), n_decode: int | None = None, device: str = "auto", gp_kw: dict | None = None,
              progress: bool = True, log=print, data_rows: int | None = None, cache_dir=None,
-             scoring: str = "ours") -> dict:
-    """The GrammarVAE/RAE BO protocol on a run (or a shipped NAME), from keywords: builds the
-    :class:`~grammar_rae.optimize.config.BOConfig` and runs :func:`run_bo`. ``gp_kw``: some of
-    :class:`~grammar_rae.optimize.config.GPConfig`'s fields (n_inducing, epochs, batch, lr, refit_epochs,
-    backend, incumbent, ei_search, region, region_quantile); the rest keep the protocol's values."""
-    config = BOConfig(objective=objective, target=target, scoring=scoring, iterations=iterations, batch=batch,
-                      seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, gp=GPConfig.from_kw(gp_kw))
+             scoring: str = "ours", protocol: str = "gvae", new_only: bool | None = None) -> dict:
+    """BO on a run (or a shipped NAME) from keywords, the GrammarVAE/RAE protocol unless ``protocol``
+    names another preset (config.PRESETS; ``Model.optimize`` and the command line start from
+    ``default``): builds the :class:`~grammar_rae.optimize.config.BOConfig` (:func:`make_config`) and
+    runs :func:`run_bo`. ``gp_kw``: some of :class:`~grammar_rae.optimize.config.GPConfig`'s fields
+    (n_inducing, epochs, batch, lr, refit_epochs, rows, backend, incumbent, ei_search, region,
+    region_quantile, local); the rest keep the preset's values."""
+    config = make_config(protocol, gp_kw, objective=objective, target=target, scoring=scoring, iterations=iterations,
+                         batch=batch, seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, new_only=new_only)
     return run_bo(run_dir, config, out, device=device, progress=progress, log=log, cache_dir=cache_dir)
 
 

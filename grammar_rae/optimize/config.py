@@ -48,8 +48,10 @@ class GPConfig:
         for name in ("n_inducing", "epochs", "batch"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"the GP's {name} must be at least 1, got {getattr(self, name)}")
-        if self.rows is not None and int(self.rows) < 10:
-            raise ConfigError(f"the GP needs at least 10 training rows (--gp-rows), got {self.rows}")
+        if self.rows is not None and (not float(self.rows).is_integer() or int(self.rows) < 10):
+            raise ConfigError(f"the GP needs a whole number of at least 10 training rows (--gp-rows), got {self.rows}")
+        if self.rows is not None:
+            object.__setattr__(self, "rows", int(self.rows))
         if not 0.0 <= self.local <= 1.0:
             raise ConfigError(f"the local share of a batch must be in [0, 1], got {self.local}")
         if self.local and (self.ei_search != "grid" or self.backend != "native"):
@@ -102,8 +104,8 @@ class BOConfig:
     iterations: int = 5
     batch: int = 50
     seeds: tuple = (1,)
-    n_decode: int | None = None           # decodes per point (None: 500 molecules / 25 expressions)
-    data_rows: int | None = None          # fit on a seeded sample of the data (None: all, the protocol)
+    n_decode: int | None = None           # decodes per point (None: the preset's, DECODES)
+    data_rows: int | None = None          # encode and use a seeded sample of the data (None: all)
     new_only: bool = False                # every evaluation a string this run has not evaluated yet
                                           # (bo.decode_new). False: the protocol
     preset: str = "gvae"                  # the preset it was built from (decodes per point by default)
@@ -143,15 +145,17 @@ class BOConfig:
 # Each preset: the BOConfig and GPConfig fields it sets (the rest keep the dataclasses' defaults, the
 # protocol's). "default" was chosen on bench/bo_targets.py's development targets only (BENCHMARKS.md):
 # a GP fitted for 10 epochs at 5e-3 on 10,000 training codes (the best 1,000 and a sample; from scratch
-# every iteration, so that a resumed run proposes what an uninterrupted one would), half of each batch by EI in the box and half by EI among perturbations of the 10
-# best points so far, every evaluation a new string, 10 decodes per molecule point (the semantic decoder
+# every iteration, so that a resumed run proposes what an uninterrupted one would), half of each batch by
+# EI in the box and half by EI among perturbations of the 10 best points so far, every evaluation a new
+# string, 10 decodes per molecule point (the semantic decoder
 # makes most decodes valid; the protocol's 500 were for the grammar-only decoder).
 PRESETS = {
     "default": {"new_only": True,
                 "gp": {"epochs": 10, "lr": 5e-3, "rows": 10_000, "local": 0.5}},
     "gvae": {},
 }
-DECODES = {"default": (10, 25), "gvae": (500, 25)}   # decodes per point (molecules, expressions), n_decode unset
+DECODES = {"default": (10, 25), "gvae": (500, 25)}   # decodes per point (molecules, expressions) when
+                                                     # n_decode is not given
 
 
 def make_config(protocol: str = "default", gp_kw: dict | None = None, **loop_kw) -> BOConfig:
