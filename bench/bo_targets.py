@@ -321,7 +321,7 @@ def cmd_report(a):
         canon = _canonical(r["task"])
         r["in_data"] = [canon(st) in data[r["task"]] if st else False for st in r["strings"]]
     lines = ["Best and mean: medians over seeds of each run's best and mean valid score. Beyond the data: the "
-             "best of the evaluations that are not rows of the data set (- : none); data rows: the share of "
+             "best of the evaluations that are not rows of the data set (nan: none); data rows: the share of "
              "the evaluations that are.", "",
              "| task | target | budget | method | best (median over seeds) | mean | valid | beyond the data | "
              "data rows | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
