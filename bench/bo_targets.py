@@ -316,10 +316,10 @@ def cmd_report(a):
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["task"], r["target"], r["budget"], r["method"]), []).append(r)
-    data = {task: _data_strings(task) for task in {r["task"] for r in rows}}
+    tasks = {r["task"] for r in rows}
+    data, canon = {t: _data_strings(t) for t in tasks}, {t: _canonical(t) for t in tasks}
     for r in rows:   # each evaluation: a data row or not (molecules by canonical SMILES)
-        canon = _canonical(r["task"])
-        r["in_data"] = [canon(st) in data[r["task"]] if st else False for st in r["strings"]]
+        r["in_data"] = [canon[r["task"]](st) in data[r["task"]] if st else False for st in r["strings"]]
     lines = ["Best and mean: medians over seeds of each run's best and mean valid score. Beyond the data: the "
              "best of the evaluations that are not rows of the data set (nan: none); data rows: the share of "
              "the evaluations that are.", "",

@@ -156,11 +156,6 @@ def decode_points(net, points: np.ndarray, n_decode: int, valid, seed: int, devi
 NEW_SCALES, NEW_PER = (0.2, 0.4, 0.8, 1.6), 8
 
 
-def _first_new(decodes: list[str | None], valid, taken: set) -> str | None:
-    counts = Counter(s for s in decodes if s is not None and s not in taken)
-    return next((s for s, _ in counts.most_common() if valid(s)), None)
-
-
 def decode_new(net, points: np.ndarray, n_decode: int, valid, seed: int, device, known: set, box,
                scale: np.ndarray, inside=None) -> tuple[np.ndarray, list[str | None]]:
     """Like :func:`decode_points`, but every string new: per point the most frequent valid decode that is
@@ -177,11 +172,15 @@ def decode_new(net, points: np.ndarray, n_decode: int, valid, seed: int, device,
     Returns (the points, moved ones replaced; their strings)."""
     decodes = _decodes(net, points, n_decode, seed, device)
     taken = set(known)
+
+    def first_new(ds):   # the most frequent valid decode not taken yet
+        return most_frequent_valid([ds], lambda s: s not in taken and valid(s))[0]
+
     points = np.array(points, dtype=np.float64, copy=True)
     chosen: list[str | None] = [None] * len(points)
     pending = []
     for i, ds in enumerate(decodes):
-        s = _first_new(ds, valid, taken)
+        s = first_new(ds)
         if s is None:
             pending.append(i)
         else:
@@ -199,7 +198,7 @@ def decode_new(net, points: np.ndarray, n_decode: int, valid, seed: int, device,
         still = []
         for j, i in enumerate(pending):
             for k in range(NEW_PER):
-                s = _first_new(more[j * NEW_PER + k], valid, taken) if ok[j, k] else None
+                s = first_new(more[j * NEW_PER + k]) if ok[j, k] else None
                 if s is not None:
                     chosen[i], points[i] = s, cand[j, k]
                     taken.add(s)

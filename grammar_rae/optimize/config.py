@@ -147,8 +147,8 @@ class BOConfig:
 # a GP fitted for 10 epochs at 5e-3 on 10,000 training codes (the best 1,000 and a sample; from scratch
 # every iteration, so that a resumed run proposes what an uninterrupted one would), half of each batch by
 # EI in the box and half by EI among perturbations of the 10 best points so far, every evaluation a new
-# string, 10 decodes per molecule point (the semantic decoder
-# makes most decodes valid; the protocol's 500 were for the grammar-only decoder).
+# string, 10 decodes per molecule point (the semantic decoder makes most decodes valid; the protocol's
+# 500 were for the grammar-only decoder).
 PRESETS = {
     "default": {"new_only": True,
                 "gp": {"epochs": 10, "lr": 5e-3, "rows": 10_000, "local": 0.5}},
