@@ -4,7 +4,11 @@ grammar alone, the semantic masks alone (no copies of flagged rows), and the def
 copies of the rows they flag, in the same decoding loop; GrammarAE.decode). Times: best of ``--repeat``
 interleaved decodes.
 
-    python bench/semantics.py --run zinc-grae --n 1000 --out bench/results/semantics/zinc-grae.json
+    python bench/semantics.py --run zinc-grae --n 1000 --batch 1000 --out bench/results/semantics/zinc-grae-1000.json
+    python bench/semantics.py --run zinc-grae --n 4096 --batch 4096 --out bench/results/semantics/zinc-grae-4096.json
+
+``--batch``: codes decoded at once (default: the library's, run.DECODE_BATCH; the semantic layer's cost is
+mostly per step, so larger batches share it out).
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def failure(smiles: str | None) -> str:
     return "other"
 
 
-def timed(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int = 1000):
+def timed(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int):
     from grammar_rae.run import decode_strings
 
     net.semantics, net.redecodes = semantics, redecodes
@@ -57,7 +61,7 @@ def timed(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int = 1000
     return out, time.perf_counter() - t0
 
 
-def measure(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int = 1000, seconds: float | None = None) -> dict:
+def measure(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int, seconds: float | None = None) -> dict:
     """RDKit validity and failures of one decoder's strings; ``seconds``: its time if measured already
     (best of interleaved repeats, main), else this decode's."""
     out, took = timed(net, z, semantics, redecodes, batch)
@@ -82,10 +86,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed decodes of each decoder, interleaved (best is kept)")
+    ap.add_argument("--batch", type=int, default=None, help="codes decoded at once (default: run.DECODE_BATCH)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from grammar_rae.run import load_density, load_run
+    from grammar_rae.run import DECODE_BATCH, load_density, load_run
+
+    batch = a.batch or DECODE_BATCH
 
     net, _ = load_run(a.run)
     z = load_density(a.run, a.density, net.config.latent_dim).sample(a.n, seed=a.seed)
@@ -95,10 +102,11 @@ def main():
     best = [float("inf")] * len(settings)
     for _ in range(a.repeat):   # interleaved, best of the repeats: the machine is noisy
         for k, (sem, red) in enumerate(settings):
-            best[k] = min(best[k], timed(net, z, sem, red)[1])
-    rows = [measure(net, z, sem, red, seconds=t) for (sem, red), t in zip(settings, best)]
+            best[k] = min(best[k], timed(net, z, sem, red, batch)[1])
+    rows = [measure(net, z, sem, red, batch, seconds=t) for (sem, red), t in zip(settings, best)]
     speed = lambda r: round(r["molecules_per_s"] / rows[0]["molecules_per_s"], 3)  # noqa: E731
-    report = {"run": a.run, "density": a.density, "n": a.n, "seed": a.seed, "threads": a.threads, "repeat": a.repeat,
+    report = {"run": a.run, "density": a.density, "n": a.n, "batch": batch, "seed": a.seed, "threads": a.threads,
+              "repeat": a.repeat,
               "redecode_round": REDECODE_ROUND,
               "rows": rows, "speed_ratio_masks_vs_plain": speed(rows[1]),
               "speed_ratio_default_vs_plain": speed(rows[2])}

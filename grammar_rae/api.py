@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .errors import ConfigError, UserError
-from .run import decode_strings, encode_strings, load_run
+from .run import DECODE_BATCH, decode_strings, encode_strings, load_run
 from .rundir import RunDir
 from .trainer import resolve_device
 
@@ -248,7 +248,7 @@ class Model:
         return z[0] if single else z
 
     def decode(self, z, sample: bool = False, temperature: float = 1.0, seed: int = 0,
-               batch: int = 1000) -> Decodes | str | None:
+               batch: int = DECODE_BATCH) -> Decodes | str | None:
         """Strings from codes ``z [n, latent_dim]``, under the grammar's masks: the most likely rule at
         each step, or (``sample``) rules drawn at ``temperature``, seeded. None where the derivation
         does not complete, and for the NaN rows :meth:`encode` gives strings it could not encode. One
@@ -291,7 +291,7 @@ class Model:
         q = self.density(density) if isinstance(density, str) else density
         return self.decode(q.sample(n, seed=seed), stochastic, temperature, seed)
 
-    def reconstruct(self, strings, batch: int = 1000) -> Reconstruction:
+    def reconstruct(self, strings, batch: int = DECODE_BATCH) -> Reconstruction:
         """Encode each string and decode it by argmax: ``.rate`` (the fraction of encoded strings that
         come back, canonical forms compared as the metrics do: the same molecule, or the same
         derivation) and ``.rows`` (one :class:`Reconstructed` per input; bad strings have ``error``).
@@ -305,8 +305,8 @@ class Model:
         from .metrics import canonical
 
         strings = list(strings)
-        z, bad = self.encode_checked(strings, batch)
-        back = self.decode(z, batch=batch)
+        z, bad = self.encode_checked(strings)
+        back = self.decode(z, batch=batch)          # (batch: codes decoded at once; encoding keeps its own)
         why = {b.index: b.reason for b in bad}
         ok = [i for i in range(len(strings)) if i not in why]
         want = canonical([strings[i] for i in ok], self.molecules, self.grammar)

@@ -95,6 +95,42 @@ def test_every_molecule_of_the_training_fixture_is_admitted(smiles):
     assert bool(admitted(smiles, rules_of(smiles, lines)).all())
 
 
+def test_derivation_masks_allow_every_true_rule_and_narrow_the_loss_normaliser(smiles):
+    """The masks a training loss can use (SD-VAE's masked loss): each true rule allowed, fewer rules than
+    the grammar's mask at some steps, so the masked NLL is never higher and somewhere lower."""
+    from grammar_rae.models.regularisers import masked_nll
+    from grammar_rae.models.semantics import derivation_masks
+
+    lines = [l.strip() for l in FIXTURE.read_text().splitlines() if l.strip()][:60]
+    rules = rules_of(smiles, lines)
+    masks = derivation_masks(smiles, rules)
+    assert masks.shape == (*rules.shape, smiles.n_rules)
+    assert bool(masks.gather(2, rules[..., None]).all())
+    competitors = torch.as_tensor(smiles.lhs_mask)[torch.as_tensor(smiles.rule_lhs)]
+    grammar_only = competitors[rules]
+    narrowed = ((masks & grammar_only).sum(2) < grammar_only.sum(2)).sum(1)
+    assert bool((narrowed > 0).all())          # every molecule has steps where the semantic tiers refuse rules
+    logits = torch.randn(*rules.shape, smiles.n_rules, generator=torch.Generator().manual_seed(0))
+    plain, masked = masked_nll(logits, rules, competitors), masked_nll(logits, rules, competitors, masks)
+    assert bool((masked <= plain + 1e-5).all()) and bool((masked < plain - 1e-3).all())
+
+
+def test_the_per_atom_work_covers_every_atom_made(smiles):
+    """Each step's per-atom work looks at the first `width` columns only (SemanticState.width): no atom
+    may lie beyond them, at any step of real derivations."""
+    from grammar_rae.models.decoding import StackMachine
+
+    lines = [l.strip() for l in FIXTURE.read_text().splitlines() if l.strip()][:80]
+    rules = rules_of(smiles, lines)
+    machine = StackMachine(smiles, len(lines), rules.shape[1], semantics=semantics_for(smiles))
+    state, widest = machine.semantic_state, 0
+    for step in range(rules.shape[1]):
+        machine.force(rules[:, step])
+        assert int(state.n_atoms.max()) <= state.width
+        widest = max(widest, int(state.n_atoms.max()))
+    assert (state.comp[:, state.width:] == -1).all() and state.width < 96 and widest > 20
+
+
 def test_a_finished_molecule_with_an_aromatic_atom_on_no_ring_is_flagged_for_decoding_again(smiles):
     """No mask can see it step by step (the [nH] has two aromatic neighbours, the parity is even); the
     whole molecule's graph does: the closures' tree paths are the atoms on rings."""

@@ -168,22 +168,24 @@ class GrammarAE(nn.Module):
         """The training objective, so DistributedDataParallel's forward hooks see it."""
         return self.loss(rules)
 
-    def loss(self, rules: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """L = L_REC + β·(latent term) + λ·L_REG  (Ghosh et al. 2020, eq. 11), averaged over the batch."""
+    def loss(self, rules: torch.Tensor, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """L = L_REC + β·(latent term) + λ·L_REG  (Ghosh et al. 2020, eq. 11), averaged over the batch;
+        ``allowed``: a further mask of L_REC's steps (R.masked_nll)."""
         rules = rules.long()
         c = self.config
         z, mean, log_var = self.latent(rules)
         logits = self.logits(z, rules)
-        rec = R.masked_nll(logits, rules, self.rule_competitors).mean()
+        rec = R.masked_nll(logits, rules, self.rule_competitors, allowed).mean()
         # RAE-GP penalises D(z) on the derivation's own steps: padding steps carry no loss, and a
         # batch's padding must not change the penalty (so batches can be cut to their longest row)
         output = logits * (rules != self.grammar.padding_index)[..., None] if c.decoder_reg == "gp" else logits
         return R.objective(c.model, rec, mean, log_var, z, output, self.decoder, c.beta, c.lam)
 
-    def reconstruction_loss(self, rules: torch.Tensor) -> torch.Tensor:
-        """Masked NLL per sequence from the deterministic code (the encoder mean): the validation criterion."""
+    def reconstruction_loss(self, rules: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked NLL per sequence from the deterministic code (the encoder mean): the validation criterion
+        (``allowed``: a further mask, R.masked_nll)."""
         rules = rules.long()
-        return R.masked_nll(self.logits(self.encode(rules), rules), rules, self.rule_competitors)
+        return R.masked_nll(self.logits(self.encode(rules), rules), rules, self.rule_competitors, allowed)
 
     @torch.no_grad()
     def exact_reconstructions(self, rules: torch.Tensor) -> torch.Tensor:

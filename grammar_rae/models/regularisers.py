@@ -14,11 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-def masked_nll(logits: torch.Tensor, rules: torch.Tensor, rule_competitors: torch.Tensor) -> torch.Tensor:
+def masked_nll(logits: torch.Tensor, rules: torch.Tensor, rule_competitors: torch.Tensor,
+               allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Grammar-masked reconstruction loss per sequence (GrammarVAE, Sec. 3): at each step the logits
     are restricted to the rules of the true rule's left-hand side, renormalised, and the true rule's
-    negative log-probability is summed over steps. Padding steps cost exactly 0 (one allowed rule)."""
-    allowed = rule_competitors[rules]                          # [B, T, R]
+    negative log-probability is summed over steps. Padding steps cost exactly 0 (one allowed rule).
+    ``allowed`` [B, T, R] bool: a further mask of each step (the semantic layer's, SD-VAE's masked loss:
+    semantics.derivation_masks); it must allow the true rule."""
+    competitors = rule_competitors[rules]                      # [B, T, R]
+    allowed = competitors if allowed is None else competitors & allowed[:, :rules.shape[1]]
     masked = logits.float().masked_fill(~allowed, float("-inf"))
     nll = F.cross_entropy(masked.transpose(1, 2), rules, reduction="none")
     return nll.sum(1)

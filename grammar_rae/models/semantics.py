@@ -151,6 +151,8 @@ class SmilesSemantics:
                  "digit": self.digit_rules, "element": self.element_rules, "bracket": [self.r_atom_bracket],
                  "h": self.r_h, "charge": [r for r, _ in charge_rules], "charge_two": self.r_charge_two}
         self.kind = {k: column({r: True for r in rs}, torch.bool) for k, rs in kinds.items()}
+        self.kind_names = list(kinds)
+        self.kind_table = torch.stack([self.kind[k] for k in self.kind_names], 1)   # [R, kinds]: one lookup a step
         self.has_rb = column({self.r_ba["rb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
         self.has_bb = column({self.r_ba["bb"]: True, self.r_ba["rbbb"]: True}, torch.bool)
         # what each rule pushes (reversed, as the stack machine does): level increment and context tag
@@ -280,6 +282,10 @@ class SemanticState:
         self.parent_of, self.depth = z(B, MAX_ATOMS, v=-1), z(B, MAX_ATOMS)
         self.closures, self.n_closures = z(B, MAX_CLOSURES, 2, v=-1), z(B)
         self.rows = torch.arange(B, device=device)
+        self._bases = {}
+        # atoms are numbered from 0 in each row and no row has more than n_hi yet (updated on the host when
+        # atoms are made), so the per-atom work of a step looks at the first `width` columns only
+        self.n_hi = 0
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the rows ``keep`` [B] bool of every per-row tensor (StackMachine.select)."""
@@ -288,6 +294,7 @@ class SemanticState:
                 setattr(self, name, v[keep])
         self.B = int(keep.sum())
         self.rows = torch.arange(self.B, device=self.dev)
+        self._bases = {}
 
     def extend(self, k: int) -> None:
         """Append ``k`` rows in the state of a derivation not begun (StackMachine.extend)."""
@@ -297,58 +304,78 @@ class SemanticState:
                 setattr(self, name, torch.cat([v, getattr(fresh, name)]))
         self.B += k
         self.rows = torch.arange(self.B, device=self.dev)
+        self._bases = {}
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def width(self) -> int:
+        """Columns of the per-atom tables that can hold an atom yet (at least 1)."""
+        return max(self.n_hi, 1)
+
     def _top(self, machine):
         sp = machine.sp
-        top_attr = self.attr.gather(1, (sp - 1).clamp(min=0)[:, None]).squeeze(1)
+        top_attr = self._g(self.attr, (sp - 1).clamp(min=0))
         return top_attr // TAGS, top_attr % TAGS
 
     def _from_atom(self, level):
         """The atom a bond at branch ``level`` leaves from: the last atom of that level, or for the first
         atom of a branch, the branch's owner (the last atom one level up)."""
         lv = level.clamp(0, MAX_LEVELS - 1)
-        here = self.last_at_level.gather(1, lv[:, None]).squeeze(1)
-        up = self.last_at_level.gather(1, (lv - 1).clamp(min=0)[:, None]).squeeze(1)
+        here = self._g(self.last_at_level, lv)
+        up = self._g(self.last_at_level, (lv - 1).clamp(min=0))
         return torch.where(here >= 0, here, torch.where(lv > 0, up, torch.full_like(up, -1)))
 
     def _at(self, table, atom):
-        return table.gather(1, atom.clamp(0, MAX_ATOMS - 1)[:, None]).squeeze(1)
+        return self._g(table, atom.clamp(0, MAX_ATOMS - 1))
 
     def _successor(self, machine, level):
         """[B] whether the `branched_atom` on top has a successor in its chain: the entry below it is a
         chain bond or atom of the same branch level."""
         sp = machine.sp
-        below = machine.stack.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1)
-        below_level = self.attr.gather(1, (sp - 2).clamp(min=0)[:, None]).squeeze(1) // TAGS
+        i = (sp - 2).clamp(min=0)
+        below = self._g(machine.stack, i)
+        below_level = self._g(self.attr, i) // TAGS
         return (sp >= 2) & (below_level == level) & \
             ((below == self.t.lhs["bond"]) | (below == self.t.lhs["branched_atom"]))
 
-    @staticmethod
-    def _g(table, idx):
+    # per-row reads and writes table[b, idx[b]] go through the flat view of the (contiguous) table:
+    # index_select / index_copy_ / index_add_ cost less than gather / scatter_ on a CPU at these sizes
+    def _flat(self, idx, width: int):
+        """Flat positions of table[b, idx[b]] in a contiguous [B, width] table (idx in range)."""
+        base = self._bases.get(width)
+        if base is None:
+            base = self._bases[width] = self.rows * width
+        return base + idx
+
+    def _g(self, table, idx):
         """table[b, idx[b]] for each row b (idx in range)."""
-        return table.gather(1, idx[:, None]).squeeze(1)
+        return table.view(-1).index_select(0, self._flat(idx, table.shape[1]))
 
-    @staticmethod
-    def _put(table, idx, value):
+    def _put(self, table, idx, value):
         """table[b, idx[b]] = value[b] for each row b, in place."""
-        table.scatter_(1, idx[:, None], value[:, None] if value.dim() == 1 else value)
+        table.view(-1).index_copy_(0, self._flat(idx, table.shape[1]), value)
 
-    @staticmethod
-    def _add(table, idx, value):
+    def _add(self, table, idx, value):
         """table[b, idx[b]] += value[b] for each row b, in place."""
-        table.scatter_add_(1, idx[:, None], value[:, None])
+        table.view(-1).index_add_(0, self._flat(idx, table.shape[1]), value)
+
+    def _take(self, atoms):
+        """A reader of the per-atom tables [B, MAX_ATOMS] at ``atoms`` [B, k] (-1: none, read as atom 0):
+        the flat positions are computed once for all the tables read there."""
+        flat = (self.rows * MAX_ATOMS)[:, None] + atoms.clamp(0, MAX_ATOMS - 1)
+        shape, flat = flat.shape, flat.view(-1)
+        return lambda table: table.view(-1).index_select(0, flat).view(shape)
 
     def _deficit(self, atom):
         """[B] aromatic neighbours an atom still lacks (0 for aliphatic atoms and for no atom)."""
         arom = self._at(self.aromatic, atom) & (atom >= 0)
         return torch.where(arom, (2 - self._at(self.arom_nbrs, atom)).clamp(min=0), torch.zeros_like(atom))
 
-    def arom_deficit_of(self, atoms):
-        """[B, k] the same for several atoms per row."""
-        idx = atoms.clamp(min=0)
-        arom = self.aromatic.gather(1, idx) & (atoms >= 0)
-        return torch.where(arom, (2 - self.arom_nbrs.gather(1, idx)).clamp(min=0), torch.zeros_like(atoms))
+    def arom_deficit_of(self, atoms, take=None):
+        """[B, k] the same for several atoms per row (``take``: their reader, _take)."""
+        take = take or self._take(atoms)
+        arom = take(self.aromatic) & (atoms >= 0)
+        return torch.where(arom, (2 - take(self.arom_nbrs)).clamp(min=0), torch.zeros_like(atoms))
 
     def _link(self, rows, child, parent, mask):
         """Record the bond child-parent (rows in ``mask``): one bond to come less for the parent, and
@@ -361,40 +388,47 @@ class SemanticState:
         self._add(self.arom_nbrs, c, (has & p_arom).long())
 
     def _systems(self):
-        """Per aromatic system, indexed by its label [B, MAX_ATOMS]: bonds still to come from its atoms
+        """Per aromatic system, indexed by its label [B, width]: bonds still to come from its atoms
         (0: it can neither grow nor change), the parity of its atoms that need a double bond in a Kekule
         structure, and whether it is wild (not checked). A Kekule structure pairs those atoms along the
         system's bonds, so a finished system with an odd number of them cannot be kekulized."""
-        member = self.comp >= 0
-        label = self.comp.clamp(min=0)
-        needs, unsure = self._needs(slice(None))
-        zero = torch.zeros_like(self.comp)
-        slots = zero.scatter_add(1, label, self.to_come * member.long())
+        W = self.width
+        comp = self.comp[:, :W]
+        member = comp >= 0
+        label = comp.clamp(min=0)
+        needs, unsure = self._needs(slice(0, W))
+        zero = torch.zeros_like(comp)
+        slots = zero.scatter_add(1, label, self.to_come[:, :W] * member)
         odd = zero.scatter_add(1, label, (needs & member).long()) % 2
-        wild = zero.scatter_add(1, label, ((self.wild | unsure) & member).long()) > 0
+        wild = zero.scatter_add(1, label, ((self.wild[:, :W] | unsure) & member).long()) > 0
         return slots, odd, wild
 
-    def _needs(self, idx):
+    def _needs(self, idx, unsure: bool = True):
         """(needs a double bond, not known) of atoms ``idx`` (an index over MAX_ATOMS, or [B, k] atoms).
         Organic atoms: c unless it has an exocyclic double bond, n with two bonds; o and s never. A bracket
         atom needs one when its valence (RDKit's, for the element with its charge's electron count) leaves
         exactly one bond unused by its neighbours and H; other cases (and charges of two digits, bracket s)
         are not known."""
-        take = (lambda x: x[:, idx]) if isinstance(idx, slice) else (lambda x: x.gather(1, idx.clamp(0, MAX_ATOMS - 1)))
+        take = (lambda x: x[:, idx]) if isinstance(idx, slice) else idx if callable(idx) else self._take(idx)
         kind, deg, exo, q = take(self.elem_kind), take(self.deg), take(self.exo), take(self.q)
         organic = ~exo & ((kind == KIND_C) | ((kind == KIND_N) & (deg == 2)))
         valence = torch.where(kind == KIND_C, 4 - q.abs(), torch.where(kind == KIND_N, 3 + q, 2 + q))
         rem = valence - deg - take(self.h) - exo.long()
         br = take(self.br_arom)
         needs = torch.where(br, rem == 1, organic)
+        if not unsure:
+            return needs, None
         unsure = br & ((rem < 0) | (rem > 1) | (kind == KIND_S) | take(self.bracket))
         return needs, unsure
 
     def _system_of(self, table, atoms):
-        """``table`` [B, MAX_ATOMS] (by system label) at the systems of ``atoms`` [B] or [B, k]."""
+        """``table`` [B, width] (by system label, _systems) at the systems of ``atoms`` [B] or [B, k]
+        (or their labels ``atoms`` given as ``("labels", lab)``)."""
+        if isinstance(atoms, tuple):
+            return table.gather(1, atoms[1])
         squeeze = atoms.dim() == 1
         a = atoms[:, None] if squeeze else atoms
-        lab = self.comp.gather(1, a.clamp(0, MAX_ATOMS - 1)).clamp(min=0)
+        lab = self._take(a)(self.comp).clamp(min=0)
         out = table.gather(1, lab)
         return out.squeeze(1) if squeeze else out
 
@@ -408,7 +442,7 @@ class SemanticState:
         o_lab = self.comp.gather(1, self.open_atom.clamp(min=0))
         p_arom = self._at(self.aromatic, parent) & (parent >= 0)
         p_lab = self._at(self.comp, parent)
-        zero = torch.zeros_like(self.comp)
+        zero = torch.zeros_like(slots)
         # (an aliphatic X is not judged here: a ring closure written '=' onto a c frees that c from needing a
         # double bond, so the parity is known only when the closures are written; the ring digits' check
         # sees it then)
@@ -426,8 +460,8 @@ class SemanticState:
         return arom_bad & t.el_aromatic[None, :]
 
     def _needs_now(self, atoms):
-        """[B, k] whether each atom counts as needing a double bond now."""
-        return self._needs(atoms)[0]
+        """[B, k] whether each atom (or a _take reader) counts as needing a double bond now."""
+        return self._needs(atoms, unsure=False)[0]
 
     def _ahead(self, lhs):
         """Atoms that can still follow, after the current entry is popped (a lower bound; > 0 is what counts)."""
@@ -544,8 +578,9 @@ class SemanticState:
         # the molecule's last atom: its ring bonds close the open rings, and only aromatic openers give it
         # aromatic neighbours; an aromatic opener short of them needs it aromatic
         opener_all = self.open_atom
-        op_arom = self.aromatic.gather(1, opener_all.clamp(min=0)) & (opener_all >= 0)
-        op_short = op_arom & (self.arom_deficit_of(opener_all) > self.to_come.gather(1, opener_all.clamp(min=0)) - 1)
+        take_o = self._take(opener_all)
+        op_arom = take_o(self.aromatic) & (opener_all >= 0)
+        op_short = op_arom & (self.arom_deficit_of(opener_all, take_o) > take_o(self.to_come) - 1)
         aromatic_ok = torch.where(must_close, (p_arom.long() + op_arom.sum(1)) >= 2, aromatic_ok)
         # an aromatic organic atom has at most MAX_DEGREE neighbours (c and n three: sp2)
         degree = (parent_here >= 0).long() + self.has_next + self.has_bb.long() + rings
@@ -693,19 +728,19 @@ class SemanticState:
         order = self.open_order[:, 1:]
         rb = self.ring_bond[:, None]
         same = opener == self.cur[:, None]
-        bonded = self.bonded.gather(1, opener.clamp(min=0)) & is_open
+        take_o = self._take(opener)
+        bonded = take_o(self.bonded) & is_open
         agree = (rb == 0) | (order == 0) | (rb == order)
         cost = torch.where(rb > 0, rb, order.clamp(min=1))
         cur_pays = ((cost - 1) <= cur_free[:, None]) | cur_unbudgeted[:, None]
-        opener_free = self.free.gather(1, opener.clamp(min=0))
-        opener_pays = (rb <= 1) | (order > 0) | ((rb - 1) <= opener_free) | \
-            self.bracket.gather(1, opener.clamp(min=0))
+        opener_free = take_o(self.free)
+        opener_pays = (rb <= 1) | (order > 0) | ((rb - 1) <= opener_free) | take_o(self.bracket)
         close_ok = is_open & ~same & ~bonded & agree
         pays = cur_pays & opener_pays
         # a closure between an aromatic and an aliphatic atom gives the aromatic one no aromatic neighbour
-        o_arom = self.aromatic.gather(1, opener.clamp(min=0)) & is_open
+        o_arom = take_o(self.aromatic) & is_open
         c_arom = self._at(self.aromatic, self.cur)
-        o_short = o_arom & (self.arom_deficit_of(opener) > self.to_come.gather(1, opener.clamp(min=0)) - 1)
+        o_short = o_arom & (self.arom_deficit_of(opener, take_o) > take_o(self.to_come) - 1)
         c_short = c_arom & (self._deficit(self.cur) > self._at(self.to_come, self.cur) - 1)
         pays &= ~(o_short & ~c_arom[:, None]) & ~(c_short[:, None] & ~o_arom)
         open_ok = ~is_open & (ahead > 0)[:, None]
@@ -717,22 +752,24 @@ class SemanticState:
         # system. A system left with no bond to come must hold an even number of atoms needing a double bond.
         slots, odd, wild = self._once("systems", self._systems)
         explicit = (rb > 0) | (order > 0)
-        x_sys = self.comp.gather(1, self.cur.clamp(min=0)[:, None])
-        o_sys = self.comp.gather(1, opener.clamp(min=0))
+        take_x = self._take(self.cur[:, None])
+        x_sys = take_x(self.comp)
+        o_sys = take_o(self.comp)
+        x_lab, o_lab = ("labels", x_sys.clamp(min=0)), ("labels", o_sys.clamp(min=0))
         both = c_arom[:, None] & o_arom
         same = both & (x_sys == o_sys)
         double = both & explicit & (cost >= 2)             # a Kekule bond written out: not checked
         dash_ring = self.ring_dash[:, None] | self.open_dash[:, 1:]
         joined = both & (~dash_ring | same) & ~double
-        s_x, s_o = self._system_of(slots, self.cur)[:, None], self._system_of(slots, opener)
-        odd_x, odd_o = self._system_of(odd, self.cur)[:, None] == 1, self._system_of(odd, opener) == 1
-        wild_x, wild_o = self._system_of(wild, self.cur)[:, None], self._system_of(wild, opener)
+        s_x, s_o = self._system_of(slots, x_lab), self._system_of(slots, o_lab)
+        odd_x, odd_o = self._system_of(odd, x_lab) == 1, self._system_of(odd, o_lab) == 1
+        wild_x, wild_o = self._system_of(wild, x_lab), self._system_of(wild, o_lab)
         s_after = torch.where(same, s_x - 2, s_x + s_o - 2)
         odd_after = torch.where(same, odd_x, odd_x ^ odd_o)
         bad = joined & ~wild_x & ~wild_o & (s_after == 0) & odd_after
         apart = ~joined & ~double
-        flip_x = (cost == 2) & ~o_arom & self._needs_now(self.cur.clamp(min=0)[:, None])
-        flip_o = (cost == 2) & ~c_arom[:, None] & self._needs_now(opener)
+        flip_x = (cost == 2) & ~o_arom & self._needs_now(take_x)
+        flip_o = (cost == 2) & ~c_arom[:, None] & self._needs_now(take_o)
         bad |= apart & c_arom[:, None] & ~wild_x & (s_x == 1) & (odd_x ^ flip_x)
         bad |= apart & o_arom & ~wild_o & (s_o == 1) & (odd_o ^ flip_o)
         kek[:, digit_cols] = torch.where(ring, ~(is_open & bad), True)
@@ -744,7 +781,8 @@ class SemanticState:
         lhs = machine.top()
         level, tag = self._top(machine)
         active = machine.sp > 0
-        kind = {k: v[rule] & active for k, v in t.kind.items()}
+        is_kind = t.kind_table[rule] & active[:, None]
+        kind = {k: is_kind[:, j] for j, k in enumerate(t.kind_names)}
 
         # branched_atom: the promises of the atom about to be made
         sp = machine.sp
@@ -768,7 +806,8 @@ class SemanticState:
             has_parent = new & (parent >= 0)
             pidx = parent.clamp(min=0)
             self._add(self.free, pidx, -(torch.where(has_parent, c_in - 1, torch.zeros_like(c_in))))
-            self.bonded &= ~new[:, None]
+            self.n_hi = min(max(self.n_hi, int(self.n_atoms.max()) + 1), MAX_ATOMS)
+            self.bonded[:, :self.n_hi] &= ~new[:, None]
             self._put(self.bonded, pidx, self._g(self.bonded, pidx) | has_parent)
             self._put(self.to_come, a, torch.where(new, reserved, self._g(self.to_come, a)))
             self._put(self.arom_nbrs, a, torch.where(new, torch.zeros_like(c_in), self._g(self.arom_nbrs, a)))
@@ -810,41 +849,43 @@ class SemanticState:
             self.has_rb &= ~new
             self.has_bb &= ~new
 
-        # a bracket atom's symbol, explicit H and charge set its budget
+        # a bracket atom's symbol, explicit H and charge set its budget (nothing to do on a step where no
+        # row writes one: a test on the host, as for the blocks below)
         cidx = self.cur.clamp(min=0)
         sym = kind["element"] & (tag == TAG_BRACKET)
-        self._add(self.free, cidx, torch.where(sym, t.budget[rule] - BRACKET_BUDGET, torch.zeros_like(cidx)))
-        self._put(self.bracket, cidx, self._g(self.bracket, cidx) & ~sym)
-        self.charge_kind = torch.where(sym, t.charge_kind[rule], self.charge_kind)
-        self._put(self.aromatic, cidx, self._g(self.aromatic, cidx) | (sym & t.aromatic[rule]))
-        self._link(rows, self.cur, self.bracket_parent, sym)
-        # an aromatic bracket atom joins its parent's aromatic system (its H and charge decide whether it
-        # needs a double bond); an aliphatic one written with '=' to an aromatic parent is exocyclic to it
-        bp = self.bracket_parent
-        bpi = bp.clamp(min=0)
-        bp_arom = self._g(self.aromatic, bpi) & (bp >= 0)
-        aro_sym = sym & t.aromatic[rule]
-        joins_b = aro_sym & bp_arom & ~self.bracket_dash
-        self._put(self.comp, cidx, torch.where(aro_sym, torch.where(joins_b, self._g(self.comp, bpi), cidx), self._g(self.comp, cidx)))
-        self._put(self.br_arom, cidx, self._g(self.br_arom, cidx) | aro_sym)
-        self._put(self.elem_kind, cidx, torch.where(sym, t.arom_kind[rule], self._g(self.elem_kind, cidx)))
-        self._put(self.exo, bpi, self._g(self.exo, bpi) | (sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)))
-        # O=[n+]1...: an N-oxide
-        self._put(self.exo, cidx, self._g(self.exo, cidx) | (aro_sym & ~bp_arom & (bp >= 0) & (self.bracket_in == 2)))
-        self._add(self.free, cidx, -kind["h"].long())
         h_digit = kind["digit"] & (tag == TAG_HCOUNT)
-        self._add(self.free, cidx, -(torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))))
-        self._add(self.h, cidx, kind["h"].long() + torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx)))
-        kc = self.charge_kind
-        sign = t.charge_sign[rule]
-        self._add(self.free, cidx, torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx)))
-        self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
         c_digit = kind["digit"] & (tag == TAG_CHARGE)
-        q = self.charge_sign * t.digit[rule]
-        self._put(self.q, cidx, torch.where(kind["charge"], sign, torch.where(c_digit, q, self._g(self.q, cidx))))
-        self._add(self.free, cidx, torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
-                                             torch.zeros_like(cidx)))
-        self._put(self.bracket, cidx, self._g(self.bracket, cidx) | kind["charge_two"])   # charges of two digits: not budgeted
+        if bool((sym | kind["h"] | h_digit | kind["charge"] | c_digit).any()):
+            self._add(self.free, cidx, torch.where(sym, t.budget[rule] - BRACKET_BUDGET, torch.zeros_like(cidx)))
+            self._put(self.bracket, cidx, self._g(self.bracket, cidx) & ~sym)
+            self.charge_kind = torch.where(sym, t.charge_kind[rule], self.charge_kind)
+            self._put(self.aromatic, cidx, self._g(self.aromatic, cidx) | (sym & t.aromatic[rule]))
+            self._link(rows, self.cur, self.bracket_parent, sym)
+            # an aromatic bracket atom joins its parent's aromatic system (its H and charge decide whether it
+            # needs a double bond); an aliphatic one written with '=' to an aromatic parent is exocyclic to it
+            bp = self.bracket_parent
+            bpi = bp.clamp(min=0)
+            bp_arom = self._g(self.aromatic, bpi) & (bp >= 0)
+            aro_sym = sym & t.aromatic[rule]
+            joins_b = aro_sym & bp_arom & ~self.bracket_dash
+            self._put(self.comp, cidx, torch.where(aro_sym, torch.where(joins_b, self._g(self.comp, bpi), cidx), self._g(self.comp, cidx)))
+            self._put(self.br_arom, cidx, self._g(self.br_arom, cidx) | aro_sym)
+            self._put(self.elem_kind, cidx, torch.where(sym, t.arom_kind[rule], self._g(self.elem_kind, cidx)))
+            self._put(self.exo, bpi, self._g(self.exo, bpi) | (sym & ~t.aromatic[rule] & bp_arom & (self.bracket_in == 2)))
+            # O=[n+]1...: an N-oxide
+            self._put(self.exo, cidx, self._g(self.exo, cidx) | (aro_sym & ~bp_arom & (bp >= 0) & (self.bracket_in == 2)))
+            self._add(self.free, cidx, -kind["h"].long())
+            self._add(self.free, cidx, -(torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx))))
+            self._add(self.h, cidx, kind["h"].long() + torch.where(h_digit, t.digit[rule] - 1, torch.zeros_like(cidx)))
+            kc = self.charge_kind
+            sign = t.charge_sign[rule]
+            self._add(self.free, cidx, torch.where(kind["charge"], _charge_delta(kc, sign), torch.zeros_like(cidx)))
+            self.charge_sign = torch.where(kind["charge"], sign, self.charge_sign)
+            q = self.charge_sign * t.digit[rule]
+            self._put(self.q, cidx, torch.where(kind["charge"], sign, torch.where(c_digit, q, self._g(self.q, cidx))))
+            self._add(self.free, cidx, torch.where(c_digit, _charge_delta(kc, q) - _charge_delta(kc, self.charge_sign),
+                                                 torch.zeros_like(cidx)))
+            self._put(self.bracket, cidx, self._g(self.bracket, cidx) | kind["charge_two"])   # charges of two digits: not budgeted
 
         # one more ring bond or branch promised by the current atom
         more = kind["rb_more"] | kind["bb_more"]
@@ -890,8 +931,8 @@ class SemanticState:
             self._put(self.exo, cidx, self._g(self.exo, cidx) | (closing & (cost == 2) & x_arom & ~o_arom))
             self._put(self.exo, oidx, self._g(self.exo, oidx) | (closing & (cost == 2) & o_arom & ~x_arom))
             old_sys, new_sys = self._g(self.comp, oidx), self._g(self.comp, cidx)
-            self.comp = torch.where(merge[:, None] & (self.comp == old_sys[:, None]) & (self.comp >= 0),
-                                    new_sys[:, None], self.comp)
+            comp = self.comp[:, :self.width]
+            comp.copy_(torch.where(merge[:, None] & (comp == old_sys[:, None]) & (comp >= 0), new_sys[:, None], comp))
             self._add(self.to_come, cidx, -closing.long())   # the closer's ring bond is made
             k = self.n_closures.clamp(max=MAX_CLOSURES - 1)
             self.closures[rows, k] = torch.where(closing[:, None], torch.stack([self.cur, opener], 1),
@@ -949,6 +990,28 @@ def semantics_for(grammar: Grammar) -> SmilesSemantics | None:
         except ValueError:
             _SEMANTICS[grammar.sha256] = None
     return _SEMANTICS[grammar.sha256]
+
+
+@torch.no_grad()
+def derivation_masks(grammar: Grammar, rules: torch.Tensor) -> torch.Tensor:
+    """[N, T, R] bool: the rules the decoder may choose at each step of each true derivation ``rules``
+    [N, T] (padded with the padding rule): the grammar's mask and all three semantic tiers, as
+    StackMachine.choose applies them (a real molecule's derivation is never cornered, so every tier holds;
+    padding steps allow the padding rule only). For training under the masks (SD-VAE's masked loss):
+    ``masked_nll(..., allowed=)``."""
+    from .decoding import StackMachine
+
+    r = rules.long()
+    B, T = r.shape
+    machine = StackMachine(grammar, B, T, r.device, semantics=semantics_for(grammar))
+    out = torch.zeros(B, T, grammar.n_rules, dtype=torch.bool, device=r.device)
+    for step in range(T):
+        allowed = machine.current_mask()
+        for extra in machine.semantic_state.mask(machine):
+            allowed = allowed & extra
+        out[:, step] = allowed
+        machine.force(r[:, step])
+    return out
 
 
 @torch.no_grad()
