@@ -288,8 +288,8 @@ def load_density(run, kind: str, dim: int) -> ExPostDensity:
 
 # codes decoded at once: the semantic layer's cost is mostly a fixed cost per step (small tensor operations),
 # which larger batches share out, while the GRU's cost is per row (bench/semantics.py --batch: on zinc-grae's
-# GMM codes, one thread, the masks' molecules/s rose by a fifth from 1,000 to 4,000 rows, the grammar-only
-# decoder's stayed level); memory is about 40 KB a row under the semantic layer
+# GMM codes, one thread, the masks' molecules/s rose from 132 at 1,000 codes a batch to 190 at 4,096, the
+# grammar-only decoder's stayed level; BENCHMARKS.md); memory is about 40 KB a row under the semantic layer
 DECODE_BATCH = 4096
 
 
