@@ -341,11 +341,12 @@ class SemanticState:
     # per-row reads and writes table[b, idx[b]] go through the flat view of the (contiguous) table:
     # index_select / index_copy_ / index_add_ cost less than gather / scatter_ on a CPU at these sizes
     def _flat(self, idx, width: int):
-        """Flat positions of table[b, idx[b]] in a contiguous [B, width] table (idx in range)."""
+        """Flat positions of table[b, idx[b]] (idx [B]) or table[b, idx[b, j]] (idx [B, k]) in a contiguous
+        [B, width] table (idx in range)."""
         base = self._bases.get(width)
         if base is None:
             base = self._bases[width] = self.rows * width
-        return base + idx
+        return (base if idx.dim() == 1 else base[:, None]) + idx
 
     def _g(self, table, idx):
         """table[b, idx[b]] for each row b (idx in range)."""
@@ -362,7 +363,7 @@ class SemanticState:
     def _take(self, atoms):
         """A reader of the per-atom tables [B, MAX_ATOMS] at ``atoms`` [B, k] (-1: none, read as atom 0):
         the flat positions are computed once for all the tables read there."""
-        flat = (self.rows * MAX_ATOMS)[:, None] + atoms.clamp(0, MAX_ATOMS - 1)
+        flat = self._flat(atoms.clamp(0, MAX_ATOMS - 1), MAX_ATOMS)
         shape, flat = flat.shape, flat.view(-1)
         return lambda table: table.view(-1).index_select(0, flat).view(shape)
 
@@ -422,10 +423,7 @@ class SemanticState:
         return needs, unsure
 
     def _system_of(self, table, atoms):
-        """``table`` [B, width] (by system label, _systems) at the systems of ``atoms`` [B] or [B, k]
-        (or their labels ``atoms`` given as ``("labels", lab)``)."""
-        if isinstance(atoms, tuple):
-            return table.gather(1, atoms[1])
+        """``table`` [B, width] (by system label, _systems) at the systems of ``atoms`` [B] or [B, k]."""
         squeeze = atoms.dim() == 1
         a = atoms[:, None] if squeeze else atoms
         lab = self._take(a)(self.comp).clamp(min=0)
@@ -755,15 +753,15 @@ class SemanticState:
         take_x = self._take(self.cur[:, None])
         x_sys = take_x(self.comp)
         o_sys = take_o(self.comp)
-        x_lab, o_lab = ("labels", x_sys.clamp(min=0)), ("labels", o_sys.clamp(min=0))
+        x_lab, o_lab = x_sys.clamp(min=0), o_sys.clamp(min=0)      # their systems' labels
         both = c_arom[:, None] & o_arom
         same = both & (x_sys == o_sys)
         double = both & explicit & (cost >= 2)             # a Kekule bond written out: not checked
         dash_ring = self.ring_dash[:, None] | self.open_dash[:, 1:]
         joined = both & (~dash_ring | same) & ~double
-        s_x, s_o = self._system_of(slots, x_lab), self._system_of(slots, o_lab)
-        odd_x, odd_o = self._system_of(odd, x_lab) == 1, self._system_of(odd, o_lab) == 1
-        wild_x, wild_o = self._system_of(wild, x_lab), self._system_of(wild, o_lab)
+        s_x, s_o = slots.gather(1, x_lab), slots.gather(1, o_lab)
+        odd_x, odd_o = odd.gather(1, x_lab) == 1, odd.gather(1, o_lab) == 1
+        wild_x, wild_o = wild.gather(1, x_lab), wild.gather(1, o_lab)
         s_after = torch.where(same, s_x - 2, s_x + s_o - 2)
         odd_after = torch.where(same, odd_x, odd_x ^ odd_o)
         bad = joined & ~wild_x & ~wild_o & (s_after == 0) & odd_after
@@ -993,25 +991,34 @@ def semantics_for(grammar: Grammar) -> SmilesSemantics | None:
 
 
 @torch.no_grad()
-def derivation_masks(grammar: Grammar, rules: torch.Tensor) -> torch.Tensor:
-    """[N, T, R] bool: the rules the decoder may choose at each step of each true derivation ``rules``
-    [N, T] (padded with the padding rule): the grammar's mask and all three semantic tiers, as
-    StackMachine.choose applies them (a real molecule's derivation is never cornered, so every tier holds;
-    padding steps allow the padding rule only). For training under the masks (SD-VAE's masked loss):
-    ``masked_nll(..., allowed=)``."""
+def _replay(grammar: Grammar, rules: torch.Tensor):
+    """The stack machine stepped along true derivations ``rules`` [B, T] (padded with the padding rule):
+    ([B, T, R] bool, what the three semantic tiers allow at each step -- all rules once a stack is empty --
+    and the machine at the end)."""
     from .decoding import StackMachine
 
     r = rules.long()
     B, T = r.shape
     machine = StackMachine(grammar, B, T, r.device, semantics=semantics_for(grammar))
-    out = torch.zeros(B, T, grammar.n_rules, dtype=torch.bool, device=r.device)
+    out = torch.ones(B, T, grammar.n_rules, dtype=torch.bool, device=r.device)
     for step in range(T):
-        allowed = machine.current_mask()
-        for extra in machine.semantic_state.mask(machine):
-            allowed = allowed & extra
-        out[:, step] = allowed
+        if not bool((machine.sp > 0).any()):
+            break
+        ok, soft, kek = machine.semantic_state.mask(machine)
+        out[:, step] = ok & soft & kek
         machine.force(r[:, step])
-    return out
+    return out, machine
+
+
+def derivation_masks(grammar: Grammar, rules: torch.Tensor) -> torch.Tensor:
+    """[N, T, R] bool: the rules the decoder may choose at each step of each true derivation ``rules``
+    [N, T] (padded with the padding rule): the grammar's decoding mask of the step's left-hand side and all
+    three semantic tiers, as StackMachine.choose applies them (a real molecule's derivation is never
+    cornered, so every tier holds; padding steps allow the padding rule only). For training under the
+    masks (SD-VAE's masked loss): ``masked_nll(..., allowed=)``."""
+    r = rules.long()
+    lhs = torch.as_tensor(grammar.rule_lhs, device=r.device)[r]
+    return _replay(grammar, r)[0] & torch.as_tensor(grammar.decoding_mask, device=r.device)[lhs]
 
 
 @torch.no_grad()
@@ -1019,25 +1026,14 @@ def admitted(grammar: Grammar, rules: torch.Tensor, batch: int = 4096) -> torch.
     """[N] bool: whether the semantic masks allow every rule of each true derivation ``rules`` [N, T]
     (padded with the padding rule) and the finished molecule passes :meth:`SemanticState.broken`. A real
     molecule that is not admitted is a bug in the masks."""
-    from .decoding import StackMachine
-
-    sem = semantics_for(grammar)
     out = []
     # batches of similar lengths: each stops at its longest derivation, not at the longest of all
     order = (rules != grammar.padding_index).sum(1).argsort()
     rules = rules[order]
     for i in range(0, len(rules), batch):
         r = rules[i:i + batch].long()
-        B, T = r.shape
-        machine = StackMachine(grammar, B, T, r.device, semantics=sem)
-        ok = torch.ones(B, dtype=torch.bool, device=r.device)
-        for step in range(T):
-            active = machine.sp > 0
-            if not bool(active.any()):
-                break
-            allowed = torch.stack(machine.semantic_state.mask(machine)).all(0)
-            ok &= allowed.gather(1, r[:, step:step + 1]).squeeze(1) | ~active
-            machine.force(r[:, step])
+        masks, machine = _replay(grammar, r)
+        ok = masks.gather(2, r[..., None]).squeeze(2).all(1)   # (steps after a stack empties allow all)
         out.append(ok & ~machine.semantic_state.broken())
     if not out:
         return torch.zeros(0, dtype=torch.bool)
