@@ -1,9 +1,9 @@
 """The SMILES semantic layer on a trained model: RDKit validity of decoded samples with and without
 it, why the invalid ones fail, and the time it costs (same codes, same run). Three decoders: the
-grammar alone, the semantic masks alone (no retries of flagged rows), and the default (masks, and the
-rows they flag decoded again by sampling, in the same decoding loop: in place, a copy only for a failed
-retry; GrammarAE.decode). Times: best of ``--repeat`` interleaved decodes; work (loop steps, row-steps,
-restarts, copies: the same on any machine) counted on one more decode of each.
+grammar alone, the semantic masks alone (no copies of flagged rows), and the default (masks, and sampled
+copies of the rows they flag, in the same decoding loop; GrammarAE.decode). Times: best of ``--repeat``
+interleaved decodes; work (loop steps, row-steps, copies: the same on any machine) counted on one more
+decode of each.
 
     python bench/semantics.py --run zinc-grae --n 1000 --batch 1000 --out bench/results/semantics/zinc-grae-1000.json
     python bench/semantics.py --run zinc-grae --n 4096 --batch 4096 --out bench/results/semantics/zinc-grae-4096.json
@@ -64,30 +64,26 @@ def timed(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int):
 
 class Work:
     """Counts what a decode does, whatever the machine's speed: loop steps, row-steps (rows stepped, summed
-    over the steps: the GRU's and the masks' work), rows started again in place, copies added."""
+    over the steps: the GRU's and the masks' work), copies added to the working set."""
 
     def __init__(self):
-        self.steps = self.row_steps = self.restarted = self.copies = 0
+        self.steps = self.row_steps = self.copies = 0
 
     def __enter__(self):
         from grammar_rae.models.decoding import StackMachine
 
-        self.real = {k: getattr(StackMachine, k) for k in ("choose", "reset", "extend")}
+        self.real = {k: getattr(StackMachine, k) for k in ("choose", "extend")}
         work, real = self, self.real
 
         def choose(m, scores):
             work.steps, work.row_steps = work.steps + 1, work.row_steps + len(scores)
             return real["choose"](m, scores)
 
-        def reset(m, rows):
-            work.restarted += len(rows)
-            return real["reset"](m, rows)
-
         def extend(m, k):
             work.copies += k
             return real["extend"](m, k)
 
-        StackMachine.choose, StackMachine.reset, StackMachine.extend = choose, reset, extend
+        StackMachine.choose, StackMachine.extend = choose, extend
         return self
 
     def __exit__(self, *exc):
@@ -97,8 +93,7 @@ class Work:
             setattr(StackMachine, k, f)
 
     def as_dict(self) -> dict:
-        return {"loop_steps": self.steps, "row_steps": self.row_steps, "restarted_in_place": self.restarted,
-                "copies": self.copies}
+        return {"loop_steps": self.steps, "row_steps": self.row_steps, "copies": self.copies}
 
 
 def measure(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int, seconds: float | None = None) -> dict:
@@ -137,7 +132,7 @@ def main():
 
     net, _ = load_run(a.run)
     z = load_density(a.run, a.density, net.config.latent_dim).sample(a.n, seed=a.seed)
-    from grammar_rae.models.grammar_ae import REDECODES
+    from grammar_rae.models.grammar_ae import REDECODE_ROUND, REDECODES
 
     settings = [(False, 0), (True, 0), (True, REDECODES)]
     best = [float("inf")] * len(settings)
@@ -148,7 +143,7 @@ def main():
     speed = lambda r: round(r["molecules_per_s"] / rows[0]["molecules_per_s"], 3)  # noqa: E731
     report = {"run": a.run, "density": a.density, "n": a.n, "batch": batch, "seed": a.seed, "threads": a.threads,
               "repeat": a.repeat,
-              "retries": "in place, one copy per failed retry (fifteenth session)",
+              "redecode_round": REDECODE_ROUND,
               "rows": rows, "speed_ratio_masks_vs_plain": speed(rows[1]),
               "speed_ratio_default_vs_plain": speed(rows[2])}
     print(json.dumps(report, indent=1))

@@ -131,45 +131,6 @@ def test_the_per_atom_work_covers_every_atom_made(smiles):
     assert (state.comp[:, state.width:] == -1).all() and state.width < 96 and widest > 20
 
 
-def test_a_reset_row_is_a_derivation_not_begun_and_the_others_are_untouched(smiles):
-    """StackMachine.reset (a cornered decode started again in place) puts the rows back in the state of a
-    fresh machine -- stack and every semantic tensor -- and leaves the other rows as they were; a reset
-    row then derives a molecule exactly as a fresh machine does."""
-    from grammar_rae.models.decoding import StackMachine
-
-    lines = [l.strip() for l in FIXTURE.read_text().splitlines() if l.strip()][:6]
-    rules = rules_of(smiles, lines)
-    T = rules.shape[1]
-    machine = StackMachine(smiles, 6, T, semantics=semantics_for(smiles))
-    for step in range(30):
-        machine.force(rules[:, step])
-    before = {k: v.clone() for k, v in vars(machine.semantic_state).items() if isinstance(v, torch.Tensor)}
-    stack_before = machine.stack.clone()
-    rows = torch.tensor([1, 4])
-    machine.reset(rows)
-    fresh = StackMachine(smiles, 6, T, semantics=semantics_for(smiles))
-    other = torch.tensor([0, 2, 3, 5])
-    for name in ("stack", "sp", "min_left", "cornered"):
-        assert torch.equal(getattr(machine, name)[rows], getattr(fresh, name)[rows]), name
-    assert torch.equal(machine.stack[other], stack_before[other])
-    changed = 0
-    for name, v in vars(machine.semantic_state).items():
-        if isinstance(v, torch.Tensor) and name != "rows":
-            assert torch.equal(v[rows], getattr(fresh.semantic_state, name)[rows]), name
-            assert torch.equal(v[other], before[name][other]), name
-            changed += not torch.equal(before[name][rows], v[rows])
-    assert changed >= 10                        # the 30 steps had built state that the reset removed
-    # the reset rows derive their molecules again, step for step as a fresh machine, and are admitted
-    for step in range(T):
-        r = torch.where(torch.isin(torch.arange(6), rows), rules[:, step], smiles.padding_index)
-        machine.force(torch.where(torch.isin(torch.arange(6), rows), r, rules[:, min(step + 30, T - 1)]))
-        fresh.force(r)
-    for name, v in vars(machine.semantic_state).items():
-        if isinstance(v, torch.Tensor) and name != "rows":
-            assert torch.equal(v[rows], getattr(fresh.semantic_state, name)[rows]), name
-    assert bool(machine.done[rows].all()) and not bool(machine.cornered[rows].any())
-
-
 def test_a_finished_molecule_with_an_aromatic_atom_on_no_ring_is_flagged_for_decoding_again(smiles):
     """No mask can see it step by step (the [nH] has two aromatic neighbours, the parity is even); the
     whole molecule's graph does: the closures' tree paths are the atoms on rings."""
@@ -335,27 +296,25 @@ def test_dropping_finished_rows_from_the_decoding_loop_changes_no_decode(shipped
     assert int(whole.cornered.sum()) == 0 and int(cut.complete.sum()) > 150
 
 
-def test_a_cornered_decode_starts_again_in_place_and_only_a_failed_retry_brings_a_copy(shipped_samples, monkeypatch):
-    """A first decode that a mask corners is started again from the start symbol in its own place in the
-    working set (StackMachine.reset), sampling; only a retry that fails as well brings a new copy (so a row's
-    attempts double each round). No row makes more than `redecodes` attempts, the working set grows only by
-    the copies, and the loop runs far fewer steps than a whole decode per attempt."""
+def test_cornered_rows_get_copies_inside_the_decoding_loop_until_each_has_a_good_one(shipped_samples, monkeypatch):
+    """A flagged row gets REDECODE_ROUND sampled copies added to the working set of the same loop, and
+    each failed copy REDECODE_AGAIN more while the row has copies left; a row with a good copy stops getting
+    them, so far fewer copies are made than `redecodes` of every cornered row, and the loop runs far fewer
+    steps than rounds of whole decodes would."""
     from grammar_rae.models.decoding import StackMachine
+    from math import gcd
+
+    from grammar_rae.models.grammar_ae import REDECODE_AGAIN, REDECODE_ROUND
     from grammar_rae.run import load_run
 
     z, _, _ = shipped_samples
     net, _ = load_run("zinc-grae")
     zt = torch.as_tensor(z, dtype=torch.float32)
-    added, restarted, steps = [], [], []
-    real_extend, real_reset, real_choose = StackMachine.extend, StackMachine.reset, StackMachine.choose
+    added, steps, real_extend, real_choose = [], [], StackMachine.extend, StackMachine.choose
 
     def extending(self, k):
         added.append(k)
         return real_extend(self, k)
-
-    def resetting(self, rows):
-        restarted.append(len(rows))
-        return real_reset(self, rows)
 
     def choosing(self, scores):
         steps.append(len(scores))
@@ -367,22 +326,20 @@ def test_a_cornered_decode_starts_again_in_place_and_only_a_failed_retry_brings_
     first_steps = int((once.rules != net.grammar.padding_index).sum(1).max())
     net.redecodes = 16
     monkeypatch.setattr(StackMachine, "extend", extending)
-    monkeypatch.setattr(StackMachine, "reset", resetting)
     monkeypatch.setattr(StackMachine, "choose", choosing)
     again = net.decode(zt)
-    assert cornered >= 5 and sum(restarted) >= cornered              # every cornered first decode restarted
-    # a copy only for a failed retry: at most one per restart beyond each row's first
-    assert sum(added) <= sum(restarted) - cornered
-    assert sum(restarted) + sum(added) <= net.redecodes * cornered / 2
+    assert cornered >= 5 and added and all(k % gcd(REDECODE_ROUND, REDECODE_AGAIN) == 0 for k in added)
+    assert sum(added) < net.redecodes * cornered / 2                   # under half of 16 copies of each
     assert int(again.cornered.sum()) < cornered // 2
+    # one loop: fewer steps than the first decode plus one whole decode per round of copies
+    assert len(steps) < first_steps * (1 + net.redecodes // REDECODE_ROUND)
     assert max(steps) <= len(zt) + sum(added)
-    assert len(steps) < 4 * first_steps
 
 
 def test_looking_every_16th_step_as_on_a_gpu_keeps_every_good_decode(shipped_samples, monkeypatch):
-    """On a GPU the loop looks at ended and cornered rows only every 16th step (a host sync each): rows
-    finish up to 15 steps late, cornered ones start again up to 15 steps late. Rows never cornered decode
-    exactly as when looking at every step, and the cornered ones are mended as well."""
+    """On a GPU the decoding loop looks at ended and cornered rows only every 16th step (a host sync each):
+    rows finish up to 15 steps late, and cornered ones get their copies up to 15 steps late. Rows never
+    cornered decode exactly as when looking at every step, and the cornered ones are mended as well."""
     import grammar_rae.models.grammar_ae as ga
     from grammar_rae.run import load_run
 

@@ -126,16 +126,6 @@ class StackMachine:
         if self.semantic_state is not None:
             self.semantic_state.extend(k)
 
-    def reset(self, rows: torch.Tensor) -> None:
-        """Put the rows ``rows`` [k] back at the start symbol, their semantic state with them (a decoding
-        loop starts a row that the masks cornered again, in place)."""
-        self.stack[rows] = 0
-        self.stack[rows, 0] = self.grammar.start_index
-        self.sp[rows], self.cornered[rows] = 1, False
-        self.min_left[rows] = int(self.min_len[self.grammar.start_index])
-        if self.semantic_state is not None:
-            self.semantic_state.reset(rows)
-
     def flagged(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[B] bool: rows to decode again -- those a mask cornered, and finished rows whose molecule the
         semantic layer finds broken as a whole (SemanticState.broken). ``rows`` [B] bool: judge only

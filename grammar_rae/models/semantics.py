@@ -306,14 +306,6 @@ class SemanticState:
         self.rows = torch.arange(self.B, device=self.dev)
         self._bases = {}
 
-    def reset(self, rows: torch.Tensor) -> None:
-        """The rows ``rows`` [k] put back in the state of a derivation not begun (StackMachine.reset).
-        ``n_hi`` stays: it only bounds the atoms a row can have."""
-        fresh = SemanticState(self.t, 1, self.attr.shape[1], self.dev)
-        for name, v in list(vars(fresh).items()):
-            if isinstance(v, torch.Tensor) and name != "rows":
-                getattr(self, name)[rows] = v
-
     # ------------------------------------------------------------------ helpers
     @property
     def width(self) -> int:
