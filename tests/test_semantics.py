@@ -345,7 +345,7 @@ def test_looking_every_16th_step_as_on_a_gpu_keeps_every_good_decode(shipped_sam
 
     z, _, _ = shipped_samples
     net, _ = load_run("zinc-grae")
-    zt = torch.as_tensor(z, dtype=torch.float32)
+    zt = torch.as_tensor(z[:100], dtype=torch.float32)
     net.redecodes = 0
     once = net.decode(zt)
     net.redecodes = 16
