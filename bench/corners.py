@@ -11,12 +11,12 @@ end does not help; one that sees the dead end where it is made removes the class
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter
-from pathlib import Path
 
 import torch
+
+from bench_io import save_json
 
 
 def partial_smiles(grammar, rules) -> str:
@@ -83,9 +83,7 @@ def main():
     print(f"{len(found)} of {a.n} first decodes cornered")
     for c in report["classes"]:
         print(f"  {c['count']:4d}  tier {c['tier']}  at {c['lhs']:<8s} last atom: {c['last']!s:<5s}  open rings {c['open_rings']}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, a.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench_io import save_json
 
 
 def batches_of(ds, rows, net, batch: int, seed: int, semantic: bool, chunk: int = 2048):
@@ -135,9 +136,7 @@ def main():
     report["train_rec_last50"] = float(np.mean(losses[-50:])) if losses else None
     report.update(evaluate(net, ds, va, te, a.run, a.n_val, a.n_test, a.n_gmm))
     print(json.dumps(report, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, a.out)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import argparse
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench_io import save_json
 
 
 def failure(smiles: str | None) -> str:
@@ -147,9 +148,7 @@ def main():
               "rows": rows, "speed_ratio_masks_vs_plain": speed(rows[1]),
               "speed_ratio_default_vs_plain": speed(rows[2])}
     print(json.dumps(report, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, a.out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench_io import save_json
 
 
 def measure(net, ds, rows, batch=500) -> dict:
@@ -55,9 +56,7 @@ def main():
               "test": measure(net, ds, te[:a.n])}
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, a.out)
 
 
 if __name__ == "__main__":
