@@ -3,7 +3,8 @@ it, why the invalid ones fail, and the time it costs (same codes, same run). Thr
 grammar alone, the semantic masks alone (no copies of flagged rows), and the default (masks, and sampled
 copies of the rows they flag, in the same decoding loop; GrammarAE.decode). Times: best of ``--repeat``
 interleaved decodes; work (loop steps, row-steps, copies: the same on any machine) counted on one more
-decode of each.
+decode of each, with that decode's time split into the network's steps, the semantic layer's masks and
+updates, and the rest. ``valid_per_s``: RDKit-valid molecules per second, what sampling yields.
 
     python bench/semantics.py --run zinc-grae --n 1000 --batch 1000 --out bench/results/semantics/zinc-grae-1000.json
     python bench/semantics.py --run zinc-grae --n 4096 --batch 4096 --out bench/results/semantics/zinc-grae-4096.json
@@ -65,16 +66,34 @@ def timed(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int):
 
 class Work:
     """Counts what a decode does, whatever the machine's speed: loop steps, row-steps (rows stepped, summed
-    over the steps: the GRU's and the masks' work), copies added to the working set."""
+    over the steps: the GRU's and the masks' work), copies added to the working set; and, given the model,
+    where that decode's time went: the network's steps (``net.decoder.step``) and the semantic layer's
+    masks and updates (the rest is the loop's own bookkeeping: stacks, copies, finished rows)."""
 
-    def __init__(self):
+    def __init__(self, net=None):
         self.steps = self.row_steps = self.copies = 0
+        self.network_s = self.semantic_s = 0.0
+        self.net = net
+
+    def _timed(self, cls, name, field):
+        real, work = getattr(cls, name), self
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                setattr(work, field, getattr(work, field) + time.perf_counter() - t0)
+
+        self.real.append((cls, name, real))
+        setattr(cls, name, timed)
 
     def __enter__(self):
         from grammar_rae.models.decoding import StackMachine
+        from grammar_rae.models.semantics import SemanticState
 
-        self.real = {k: getattr(StackMachine, k) for k in ("choose", "extend")}
-        work, real = self, self.real
+        self.real = [(StackMachine, k, getattr(StackMachine, k)) for k in ("choose", "extend")]
+        work, real = self, dict((k, f) for _, k, f in self.real)
 
         def choose(m, scores):
             work.steps, work.row_steps = work.steps + 1, work.row_steps + len(scores)
@@ -85,23 +104,31 @@ class Work:
             return real["extend"](m, k)
 
         StackMachine.choose, StackMachine.extend = choose, extend
+        for name in ("mask", "update"):
+            self._timed(SemanticState, name, "semantic_s")
+        if self.net is not None:
+            self._timed(type(self.net.decoder), "step", "network_s")
         return self
 
     def __exit__(self, *exc):
-        from grammar_rae.models.decoding import StackMachine
-
-        for k, f in self.real.items():
-            setattr(StackMachine, k, f)
+        for cls, name, f in reversed(self.real):
+            setattr(cls, name, f)
 
     def as_dict(self) -> dict:
-        return {"loop_steps": self.steps, "row_steps": self.row_steps, "copies": self.copies}
+        out = {"loop_steps": self.steps, "row_steps": self.row_steps, "copies": self.copies}
+        if self.net is not None:
+            out.update(network_s=round(self.network_s, 2), semantic_layer_s=round(self.semantic_s, 2))
+        return out
 
 
 def measure(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int, seconds: float | None = None) -> dict:
     """RDKit validity and failures of one decoder's strings, and its work (Work); ``seconds``: its time if
     measured already (best of interleaved repeats, main), else this decode's."""
-    with Work() as work:
+    with Work(net) as work:
         out, took = timed(net, z, semantics, redecodes, batch)
+    parts = work.as_dict()
+    if "network_s" in parts:   # this decode's own time, split (the row's `seconds` may be another decode's)
+        parts["decode_s"] = round(took, 2)
     seconds = took if seconds is None else seconds
     reasons = [failure(s) for s in out]
     why = Counter(reasons)
@@ -112,7 +139,8 @@ def measure(net, z: np.ndarray, semantics: bool, redecodes: int, batch: int, sec
     return {"semantics": semantics, "redecodes": redecodes if semantics else 0, "n": len(out), "valid": why["valid"] / len(out),
             "unique_of_valid": len(set(canon)) / max(len(canon), 1),
             "failures": {k: v / len(out) for k, v in sorted(why.items()) if k != "valid"},
-            "seconds": round(seconds, 2), "molecules_per_s": round(len(out) / seconds, 1), "work": work.as_dict()}
+            "seconds": round(seconds, 2), "molecules_per_s": round(len(out) / seconds, 1),
+            "valid_per_s": round(len(valid) / seconds, 1), "work": parts}
 
 
 def main():
@@ -141,12 +169,15 @@ def main():
         for k, (sem, red) in enumerate(settings):
             best[k] = min(best[k], timed(net, z, sem, red, batch)[1])
     rows = [measure(net, z, sem, red, batch, seconds=t) for (sem, red), t in zip(settings, best)]
-    speed = lambda r: round(r["molecules_per_s"] / rows[0]["molecules_per_s"], 3)  # noqa: E731
+    speed = lambda r, key="molecules_per_s": round(r[key] / max(rows[0][key], 1e-9), 3)  # noqa: E731
     report = {"run": a.run, "density": a.density, "n": a.n, "batch": batch, "seed": a.seed, "threads": a.threads,
               "repeat": a.repeat,
               "redecode_round": REDECODE_ROUND,
               "rows": rows, "speed_ratio_masks_vs_plain": speed(rows[1]),
-              "speed_ratio_default_vs_plain": speed(rows[2])}
+              "speed_ratio_default_vs_plain": speed(rows[2]),
+              # valid molecules per second against the grammar alone's (what a user sampling molecules gets)
+              "valid_rate_ratio_masks_vs_plain": speed(rows[1], "valid_per_s"),
+              "valid_rate_ratio_default_vs_plain": speed(rows[2], "valid_per_s")}
     print(json.dumps(report, indent=1))
     save_json(report, a.out)
 

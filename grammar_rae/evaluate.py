@@ -34,6 +34,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000
     report = {"run": str(run_dir), "model": meta.get("label", net.config.model), "grammar": net.grammar.name,
               "arch": net.config.arch, "decoder": net.config.decoder,
               "semantics": net.semantic_layer is not None,   # decoded under the SMILES semantic layer
+              "retries": net.redecodes if net.semantic_layer is not None else 0,   # copies per cornered row
               "epochs": read_json(run_dir / "checkpoints" / "last.json").get("epoch"),
               "test_split": meta["data"].get("test_split", "first")}
     # Held-out test rows, and held-out validation rows (a random sample of the training distribution,

@@ -12,6 +12,7 @@ adding an encoder or a decoder is one class and one ``register(...)`` line there
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -31,6 +32,27 @@ MODELS = GRAMMAR_MODELS
 # decoding loop: measured on zinc-grae, one at a time leaves a long tail of single rows, 3x the steps),
 # with draws seeded by REDECODE_SEED
 REDECODES, REDECODE_ROUND, REDECODE_AGAIN, REDECODE_SEED = 16, 2, 2, 0
+# the default of new models' ``redecodes`` in this process (the CLI's --retries; set_default_redecodes)
+_DEFAULT_REDECODES = {"n": REDECODES}
+
+
+def set_default_redecodes(n: int | None) -> None:
+    """The copies new models decode for each row the semantic masks corner (GrammarAE.redecodes; None: the
+    library's REDECODES). 0: none -- the masks alone, the most valid molecules per second (BENCHMARKS.md)."""
+    _DEFAULT_REDECODES["n"] = REDECODES if n is None else check_redecodes(n)
+
+
+def default_redecodes() -> int:
+    return _DEFAULT_REDECODES["n"]
+
+
+def check_redecodes(n) -> int:
+    """``n`` as an int, or a ConfigError unless it is a whole number >= 0."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ConfigError(f"retries must be a whole number >= 0 (0: no copies), got {n!r}")
+    return int(n)
+
+
 # GrammarAE._decode_loop: steps between looks at which rows ended or were cornered (each a host sync: every
 # 16th step on a GPU)
 CHECK_EVERY = {"cpu": 1}
@@ -125,7 +147,7 @@ class GrammarAE(nn.Module):
 
         self.semantics = enabled()
         # rows the semantic masks cornered are decoded again by sampling, this many copies each (decode)
-        self.redecodes, self.redecode_temperature = REDECODES, 1.0
+        self.redecodes, self.redecode_temperature = default_redecodes(), 1.0
 
     @property
     def semantic_layer(self):
