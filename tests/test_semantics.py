@@ -1,7 +1,6 @@
 """The SMILES semantic layer (grammar_rae/models/semantics.py): it must admit every real molecule's
 derivation, refuse the ring, valence and aromaticity errors it claims to rule out, and be used when
 strings are decoded (off with --no-semantics)."""
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -223,12 +222,16 @@ def test_no_semantics_flag_decodes_under_the_grammar_alone(tmp_path, shipped_sam
     z, plain, semantic = shipped_samples
     codes = tmp_path / "z.npy"
     np.save(codes, z[:40].astype(np.float32))
+    from click.testing import CliRunner
+
+    from grammar_rae.cli import main
+
     outs = {}
-    for flag in ("--semantics", "--no-semantics"):
-        out = tmp_path / f"{flag}.smi"
-        r = subprocess.run([sys.executable, "-m", "grammar_rae.cli", "decode", "--run", "zinc-grae", "--input",
-                            str(codes), "--out", str(out), "--device", "cpu", flag], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
+    for flag in ("--no-semantics", "--semantics"):   # (the flag sets a process-wide default: this order checks
+        out = tmp_path / f"{flag}.smi"               # that --semantics puts it back)
+        r = CliRunner().invoke(main, ["decode", "--run", "zinc-grae", "--input", str(codes), "--out", str(out),
+                                      "--device", "cpu", flag])
+        assert r.exit_code == 0, r.output
         outs[flag] = [l or None for l in out.read_text().split("\n")[:40]]
     assert outs["--no-semantics"] == plain[:40]
     # the same 40 codes as one batch in-process (rows the masks corner are re-decoded by sampling, and
