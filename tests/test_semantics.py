@@ -217,23 +217,29 @@ def test_decoding_under_the_semantic_layer_closes_every_ring_and_raises_validity
     assert after["valid"] > before["valid"] + 20
 
 
-def test_no_semantics_flag_decodes_under_the_grammar_alone(tmp_path, shipped_samples):
+def cli_decode(tmp_path, z, *flags):
+    """``grammar-rae decode`` of the codes ``z`` with ``flags``, in this process (click's runner): its strings
+    (None where a derivation did not complete), or the runner's result when the command fails."""
     import numpy as np
-
-    z, plain, semantic = shipped_samples
-    codes = tmp_path / "z.npy"
-    np.save(codes, z[:40].astype(np.float32))
     from click.testing import CliRunner
 
     from grammar_rae.cli import main
 
+    codes, out = tmp_path / "z.npy", tmp_path / f"decoded{''.join(flags)}.smi"
+    np.save(codes, np.asarray(z, dtype=np.float32))
+    r = CliRunner().invoke(main, ["decode", "--run", "zinc-grae", "--input", str(codes), "--out", str(out),
+                                  "--device", "cpu", *flags])
+    if r.exit_code != 0:
+        return r
+    return [line or None for line in out.read_text().split("\n")[:len(z)]]
+
+
+def test_no_semantics_flag_decodes_under_the_grammar_alone(tmp_path, shipped_samples):
+    z, plain, semantic = shipped_samples
     outs = {}
     for flag in ("--no-semantics", "--semantics"):   # (the flag sets a process-wide default: this order checks
-        out = tmp_path / f"{flag}.smi"               # that --semantics puts it back)
-        r = CliRunner().invoke(main, ["decode", "--run", "zinc-grae", "--input", str(codes), "--out", str(out),
-                                      "--device", "cpu", flag])
-        assert r.exit_code == 0, r.output
-        outs[flag] = [l or None for l in out.read_text().split("\n")[:40]]
+        outs[flag] = cli_decode(tmp_path, z[:40], flag)   # that --semantics puts it back)
+        assert isinstance(outs[flag], list), outs[flag].output
     assert outs["--no-semantics"] == plain[:40]
     # the same 40 codes as one batch in-process (rows the masks corner are re-decoded by sampling, and
     # those draws depend on the batch they are drawn in)
@@ -249,7 +255,6 @@ def test_retries_sets_the_copies_of_cornered_rows_in_the_api_the_cli_and_reloads
     """--retries N / load(retries=N) / Model.retries: 0 decodes with the masks alone (cornered rows keep their
     first decode); a command without --retries is back at the default whatever an earlier one set; evaluate
     and the BO loop, which load the run again, decode as the model is set; bad counts are refused."""
-    import numpy as np
     from click.testing import CliRunner
 
     import grammar_rae
@@ -276,20 +281,11 @@ def test_retries_sets_the_copies_of_cornered_rows_in_the_api_the_cli_and_reloads
         assert load_run("zinc-grae")[0].redecodes == 3
     assert load_run("zinc-grae")[0].redecodes == REDECODES
 
-    codes = tmp_path / "z.npy"
-    np.save(codes, z.astype(np.float32))
-    runner, outs = CliRunner(), {}
-    for name, extra in (("none", ["--retries", "0"]), ("default", [])):
-        out = tmp_path / f"{name}.smi"
-        r = runner.invoke(main, ["decode", "--run", "zinc-grae", "--input", str(codes), "--out", str(out),
-                                 "--device", "cpu", *extra])
-        assert r.exit_code == 0, r.output
-        outs[name] = [line or None for line in out.read_text().split("\n")[:40]]
+    outs = {name: cli_decode(tmp_path, z, *flags) for name, flags in (("none", ["--retries", "0"]), ("default", []))}
     assert outs["none"] == masks_only and outs["default"] == default
-    r = runner.invoke(main, ["decode", "--run", "zinc-grae", "--input", str(codes), "--out", str(tmp_path / "x.smi"),
-                             "--retries", "-1"])
+    r = cli_decode(tmp_path, z, "--retries", "-1")
     assert r.exit_code == 2 and "--retries" in r.output
-    assert re.search(rf"\[default:\s+{REDECODES}\]", runner.invoke(main, ["decode", "--help"]).output)  # as --help says
+    assert re.search(rf"\[default:\s+{REDECODES}\]", CliRunner().invoke(main, ["decode", "--help"]).output)  # as --help says
 
 
 def test_rows_the_masks_cornered_are_decoded_again_and_no_others(shipped_samples):
