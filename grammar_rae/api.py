@@ -15,7 +15,6 @@ Python object and the command line compute the same numbers.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -216,6 +215,20 @@ class Model:
 
         self.net.redecodes = check_redecodes(n)
 
+    @property
+    def decoding(self):
+        """Both at once, as the :class:`~grammar_rae.models.grammar_ae.DecodeOptions` the model decodes with
+        (also given to :meth:`evaluate` and :meth:`optimize`, which decode with this model)."""
+        return self.net.decoding
+
+    @decoding.setter
+    def decoding(self, options) -> None:
+        from .models.grammar_ae import DecodeOptions
+
+        if not isinstance(options, DecodeOptions):
+            raise ConfigError(f"decoding must be a DecodeOptions, not {type(options).__name__}")
+        self.net.decoding = options
+
     def __repr__(self) -> str:
         c = self.config
         return (f"Model({self.name!r}: {self.meta.get('label', c.model)} on {self.grammar.name}, {c.arch}, "
@@ -374,21 +387,6 @@ class Model:
         return self.run.density(kind, self.latent_dim)
 
     # ------------------------------------------------------------------ the library's long jobs
-    @contextmanager
-    def _semantics_for_reloads(self):
-        """evaluate_run and the BO loop load the run again: they decode as this model is set to."""
-        from .models.grammar_ae import default_redecodes, set_default_redecodes
-        from .models.semantics import enabled, set_enabled
-
-        was = enabled(), default_redecodes()
-        set_enabled(self.semantics)
-        set_default_redecodes(self.retries)
-        try:
-            yield
-        finally:
-            set_enabled(was[0])
-            set_default_redecodes(was[1])
-
     def evaluate(self, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False, seed: int = 0,
                  out: str | Path | None = None, cache_dir=None, log=print) -> dict:
         """``grammar-rae evaluate``: reconstruction of held-out test and validation rows, and validity /
@@ -403,9 +401,8 @@ class Model:
         """
         from .evaluate import evaluate_run
 
-        with self._semantics_for_reloads():
-            return evaluate_run(self.run_dir, n_samples, n_recon, gvae_protocol, seed, str(self.device), cache_dir,
-                                log=log or _quiet, out=out)
+        return evaluate_run(self, n_samples, n_recon, gvae_protocol, seed, cache_dir=cache_dir, log=log or _quiet,
+                            out=out)
 
     def optimize(self, objective: str, out: str | Path | None = None, *, target: str | None = None,
                  protocol: str = "default", iterations: int = 5, batch: int = 50, seeds=(1,),
@@ -441,16 +438,15 @@ class Model:
                              iterations=iterations, batch=batch,
                              seeds=(seeds,) if isinstance(seeds, int) else tuple(seeds), n_decode=n_decode,
                              data_rows=data_rows, new_only=new_only)
-        with self._semantics_for_reloads():
-            return run_bo(self.run_dir, config, out, device=str(self.device), progress=progress, log=log or _quiet,
-                          cache_dir=cache_dir)
+        return run_bo(self, config, out, progress=progress, log=log or _quiet, cache_dir=cache_dir)
 
 
-def load(name_or_dir: str | Path, device: str = "auto", semantics: bool = True, retries: int | None = None) -> Model:
+def load(name_or_dir: str | Path, device: str = "auto", semantics: bool = True, retries: int | None = None,
+         decoding=None) -> Model:
     """The model of a run directory or a shipped NAME (``zinc-grae``, ``expr-grae``), its files
     verified against their checksums once. ``device``: ``auto`` (CUDA when present), ``cpu``,
     ``cuda:1``, …; ``semantics``, ``retries``: see :attr:`Model.semantics`, :attr:`Model.retries` (None:
-    16, or what ``--retries`` set).
+    16); ``decoding``: all decoding options at once (a DecodeOptions; it wins over the two).
 
     Example::
 
@@ -459,16 +455,22 @@ def load(name_or_dir: str | Path, device: str = "auto", semantics: bool = True, 
     """
     run = RunDir.open(name_or_dir, "grammar")
     net, meta = load_run(run, device=resolve_device(device))
-    return Model(net, meta, run, semantics, retries)
+    if decoding is None:
+        return Model(net, meta, run, semantics, retries)
+    model = Model(net, meta, run)
+    model.decoding = decoding
+    return model
 
 
 def train(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, *, limit: int | None = None,
           arch: str = "teacher-forced", device: str = "auto", resume: bool = False, init_from=None,
           test_split: str | None = None, cache_dir=None, progress: bool = True, log=print, semantics: bool = True,
-          **settings) -> Model:
+          grammar_form: str = "original", train_rows: int | None = None, **settings) -> Model:
     """``grammar-rae train``: train a grammar model into the run directory ``out`` (or continue it with
     ``resume``), fit its densities, and return it loaded. ``data``: a .smi/.txt/.csv file (default:
-    the grammar's shipped data set). ``settings``: training settings (``epochs``, ``lr``,
+    the grammar's shipped data set). ``grammar_form``: ``original`` or ``compact`` (unit productions
+    folded: about half the decoder steps; grammar/compact.py). ``train_rows``: train on a seeded sample of
+    this many training rows, the standard test rows kept. ``settings``: training settings (``epochs``, ``lr``,
     ``batch_size``, … of :class:`~grammar_rae.trainer.TrainConfig`) over the recipe for the grammar and
     device, and network sizes (``latent_dim``, ``decoder_hidden``, … of
     :class:`~grammar_rae.models.grammar_ae.GrammarAEConfig`).
@@ -495,5 +497,6 @@ def train(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=No
     network = {k: v for k, v in settings.items() if k in network_keys and v is not None}
     run = train_run(out, grammar, model, data=data, limit=limit, train=train_config(grammar, arch, device, **schedule),
                     resume=resume, progress=progress, log=log or _quiet, cache_dir=cache_dir, test_split=test_split,
-                    arch=arch, init_from=init_from, given=schedule, **network)
+                    arch=arch, init_from=init_from, given=schedule, grammar_form=grammar_form, train_rows=train_rows,
+                    **network)
     return load(run, device=device, semantics=semantics)

@@ -35,6 +35,15 @@ def mols(smiles: Sequence[str | None]):
     return [m for m in out if m is not None]
 
 
+def rdkit_accepts(smiles: Sequence[str]) -> np.ndarray:
+    """[n] bool: whether RDKit reads and sanitises each SMILES (valences, aromaticity, kekulization): the
+    validity every molecule metric counts, as the decoder's acceptance test (DecodeOptions.rdkit)."""
+    from rdkit import Chem
+
+    _quiet()
+    return np.fromiter((Chem.MolFromSmiles(s) is not None for s in smiles), dtype=bool, count=len(smiles))
+
+
 @lru_cache(maxsize=1)
 def _sascorer():
     from rdkit.Chem import RDConfig

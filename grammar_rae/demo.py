@@ -15,14 +15,16 @@ import torch
 
 
 def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int = 500, bo_rows: int = 2000,
-             expr_rows: int = 30_000, expr_epochs: int = 4, cache_dir=None, log=print) -> dict:
+             expr_rows: int = 30_000, expr_epochs: int = 4, cache_dir=None, log=print, decoding=None) -> dict:
+    """``grammar-rae demo``. ``decoding``: how molecules are decoded (a DecodeOptions; default: the
+    semantic layer with 16 retries)."""
     from .data.parsed import prepare_dataset
     from .data.shipped import resolve_source
     from .evaluate import molecule_grid, training_canonical
     from .io import write_lines
     from .metrics import canonical, generation_metrics
     from .pretrained import resolve_run
-    from .run import decode_strings, load_density, load_run, load_split, padded_rules
+    from .run import decode_strings, load_density, load_split, padded_rules
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -31,7 +33,10 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
 
     # 1. the shipped molecule model
     t0 = time.time()
-    net, meta = load_run("zinc-grae")
+    from .api import load
+
+    model = load("zinc-grae", device="cpu", decoding=decoding)
+    net, meta = model.net, model.meta
     ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"]["sha256"], cache_dir),
                          cache_dir=cache_dir, quiet=True)
     shipped = resolve_run("zinc-grae")
@@ -79,7 +84,7 @@ def run_demo(out: str | Path = "runs/demo", n_recon: int = 300, n_samples: int =
     from .optimize.bo import optimize
 
     shutil.rmtree(out / "bo" / "state", ignore_errors=True)
-    report = optimize("zinc-grae", "logp", out / "bo", iterations=3, batch=10, seeds=[1], n_decode=20, device="cpu",
+    report = optimize(model, "logp", out / "bo", iterations=3, batch=10, seeds=[1], n_decode=20, device="cpu",
                       gp_kw={"n_inducing": 100, "epochs": 15, "lr": 5e-3, "batch": 1000}, progress=False,
                       log=lambda msg: None, data_rows=bo_rows, cache_dir=cache_dir)
     s = report["summary"]

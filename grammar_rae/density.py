@@ -11,6 +11,7 @@ Saved as safetensors (arrays) + JSON (settings): nothing is ever pickled.
                log-likelihood.
 - ``two-stage`` the 2-stage VAE's second stage (Dai & Wipf, ICLR 2019): a small MLP VAE fitted on the
                codes, sampled by decoding u ~ N(0, I); its ``log_prob`` is the ELBO (a lower bound).
+- ``flow``     a RealNVP normalizing flow on the whitened codes (flow.py), early-stopped on held-out codes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from scipy.special import logsumexp
 from .errors import UserError
 
-KINDS = ("prior", "gaussian", "gmm", "two-stage")
+KINDS = ("prior", "gaussian", "gmm", "two-stage", "flow")
 
 
 class DensityError(ValueError, UserError):
@@ -87,8 +88,8 @@ class ExPostDensity:
 
     def __init__(self, kind: str = "gmm", k: int | str = 10, seed: int = 0, reg_covar: float = 1e-6,
                  max_iter: int = 2000, tol: float = 1e-3, k_candidates=(1, 2, 5, 10, 20)):
-        if kind == "two-stage":
-            raise DensityError("the two-stage density is a SecondStageVAE: use make_density('two-stage')")
+        if kind in ("two-stage", "flow"):
+            raise DensityError(f"the {kind} density has its own class: use make_density({kind!r})")
         if kind not in KINDS:
             raise DensityError(f"unknown density {kind!r}; choose from {KINDS}")
         self.kind, self.k, self.seed, self.reg_covar = kind, k, seed, reg_covar
@@ -181,6 +182,10 @@ class ExPostDensity:
         meta, arrays = _read_files(path)
         if meta.get("kind") == "two-stage":
             return SecondStageVAE.load(path)
+        if meta.get("kind") == "flow":
+            from .flow import FlowDensity
+
+            return FlowDensity.load(path)
         try:
             d = cls(meta["kind"], meta["k"], meta["seed"], meta["reg_covar"])
             d.selection = {int(k): v for k, v in (meta.get("selection") or {}).items()} or None
@@ -319,7 +324,11 @@ class SecondStageVAE:
 
 def make_density(kind: str, **kw):
     """``make_density("gmm", k=10)``, ``make_density("gaussian")``, ``make_density("prior")``,
-    ``make_density("two-stage")``."""
+    ``make_density("two-stage")``, ``make_density("flow")``."""
     if kind == "two-stage":
         return SecondStageVAE(**kw)
+    if kind == "flow":
+        from .flow import FlowDensity
+
+        return FlowDensity(**kw)
     return ExPostDensity(kind, **kw)

@@ -11,21 +11,20 @@ from .data.parsed import prepare_dataset
 from .data.shipped import resolve_source
 from .grammar import ParseError, load_grammar
 from .metrics import canonical, expression_curves, generation_metrics, reconstruction_accuracy
-from .run import decode_strings, load_density, load_run, load_split, padded_rules
-from .trainer import resolve_device
+from .run import decode_strings, load_density, load_split, loaded_model, padded_rules
 
 
-def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False,
+def evaluate_run(run, n_samples: int = 1000, n_recon: int = 1000, gvae_protocol: bool = False,
                  seed: int = 0, device: str = "auto", cache_dir=None, log=print, out: str | Path | None = None) -> dict:
-    """Metrics of a run (or a shipped pretrained NAME), written to ``out`` (default RUN/eval, or
-    eval/NAME for a shipped model, whose folder belongs to the installation): reconstruction of
-    held-out test and validation rows, and validity / uniqueness / novelty (plus MOSES-style metrics
-    and FCD for molecules) of prior, Gaussian and GMM samples."""
-    from .pretrained import is_shipped, resolve_run
+    """Metrics of a loaded ``grammar_rae.Model`` (decoded as it is set to: its semantics and retries) or
+    of a run directory / shipped pretrained NAME (loaded on ``device``, decoding by default), written to
+    ``out`` (default RUN/eval, or eval/NAME for a shipped model, whose folder belongs to the
+    installation): reconstruction of held-out test and validation rows, and validity / uniqueness /
+    novelty (plus MOSES-style metrics and FCD for molecules) of prior, Gaussian and GMM samples."""
+    from .pretrained import is_shipped
 
-    run_dir = resolve_run(run_dir)
+    net, meta, run_dir = loaded_model(run, device)
     out = Path(out) if out else (Path("eval") / run_dir.name if is_shipped(run_dir) else run_dir / "eval")
-    net, meta = load_run(run_dir, device=resolve_device(device))
     ds = prepare_dataset(net.grammar, resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir),
                          cache_dir=cache_dir, quiet=True)
     train_rows, val_rows, test_rows = load_split(run_dir, meta)

@@ -30,14 +30,32 @@ from .trainer import Trainer, TrainConfig
 DEFAULT_BACKBONE = {"digits": "small", "mnist": "paper", "cifar10": "paper", "celeba": "celeba"}
 
 
+def default_image_train(**given) -> TrainConfig:
+    """The image recipe (the RAE paper's: batch 100, Adam 5e-4, 20 epochs here) with ``given`` over it."""
+    base = dict(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6, grad_clip=0.0,
+                amp=torch.cuda.is_available(), recon_rows=0)
+    return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
 def train_image_run(out, dataset: str = "digits", model: str = "rae-l2", data=None, train: TrainConfig | None = None,
                     backbone: str | None = None, resume: bool = False, progress: bool = True, log=print,
-                    limit: int | None = None, cache_dir=None, **overrides) -> Path:
+                    limit: int | None = None, cache_dir=None, given: dict | None = None, **overrides) -> Path:
+    """Train an image model into ``out`` (or continue it with ``resume``), then fit its densities. A resumed
+    run keeps its own dataset, network and training settings (run.json); of ``train`` only the
+    per-invocation ones apply (device, threads, --max-minutes, --checkpoint-minutes) and those named in
+    ``given`` (the CLI's explicit flags; from the API without ``given``: ``train``'s epochs)."""
     out = Path(out)
-    train = train or TrainConfig(epochs=20, batch_size=100, lr=5e-4, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
-                                 grad_clip=0.0, amp=torch.cuda.is_available(), recon_rows=0)
+    explicit = train is not None
+    train = train or default_image_train()
     existing = RunDir.start(out, resume)
     meta = existing.meta if existing is not None else None
+    if meta is not None:
+        from .trainer import resumed_config
+
+        dataset, model = meta["dataset"], meta["model"]["model"]
+        data = meta.get("data") or data
+        given = given if given is not None else ({"epochs": train.epochs} if explicit else {})
+        train = resumed_config(meta["train"], train, given)
     splits = load_images(dataset, path=data, seed=train.seed, cache_dir=cache_dir)
     if meta is not None:
         limit = meta.get("limit")

@@ -14,15 +14,17 @@ from .data.shipped import resolve_source
 from .density import ExPostDensity, make_density
 from .errors import ConfigError
 from .grammar import Grammar, load_grammar
+from .grammar.compact import FORMS, compact_grammar
 from .models.grammar_ae import GrammarAE, GrammarAEConfig
 from .plots import plot_history
 from .rundir import RunDir
-from .trainer import Trainer, TrainConfig, distributed, resolve_device
+from .trainer import Trainer, TrainConfig, distributed, resolve_device, resumed_config
 
 MIN_ROWS = 20
-MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120}  # the GrammarVAE's decoder lengths
+MIN_STEPS = {"smiles": 277, "expr": 15, "smiles-chars": 120,  # the GrammarVAE's decoder lengths
+             "smiles-compact": 159}  # ZINC250k's longest derivation in the compact grammar
 # model settings that say how a network is trained, not its shape: a run started --init-from may choose its own
-LOSS_SETTINGS = ("beta", "lam", "vae_epsilon_std", "cv_sigma", "dropout", "rule_dropout")
+LOSS_SETTINGS = ("beta", "lam", "vae_epsilon_std", "cv_sigma", "dropout", "rule_dropout", "latent_noise")
 
 
 def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | None = None, test: str = "first"):
@@ -43,6 +45,18 @@ def split_rows(n: int, seed: int, val_fraction: float = 0.1, test_rows: int | No
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test_idx
 
 
+def subsample_split(tr, va, train_rows: int, seed: int):
+    """A seeded sample of ``train_rows`` training rows and a tenth as many validation rows (at least 500)
+    from a full split, whose test rows stay the standard ones: a small run that shows overfitting
+    quickly, measured on the same test molecules as a full run."""
+    if train_rows < 1:
+        raise ConfigError(f"--train-rows must be at least 1, not {train_rows}")
+    rng = np.random.default_rng(seed + 2)
+    tr = np.sort(rng.choice(tr, size=min(train_rows, len(tr)), replace=False))
+    va = np.sort(rng.choice(va, size=min(max(500, train_rows // 10), len(va)), replace=False))
+    return tr, va
+
+
 def default_dataset(grammar: Grammar, data: str | Path | None, cache_dir=None, progress=True):
     """The prepared dataset a `train` run uses: ``data`` if given, else the shipped data set of the
     grammar -- the GrammarVAE's expression set, or ZINC250k (a downloaded copy in the cache wins)."""
@@ -50,7 +64,7 @@ def default_dataset(grammar: Grammar, data: str | Path | None, cache_dir=None, p
     from .data.parsed import prepare_dataset
     from .data.shipped import shipped_path
 
-    base = grammar.name.removesuffix("-chars")
+    base = grammar.name.removesuffix("-chars").removesuffix("-compact")
     if data is None:
         if base == "expr":
             data = shipped_path("expressions", cache_dir)
@@ -68,6 +82,8 @@ class _Plan:
     model: str
     data: object
     limit: int | None
+    train_rows: int | None
+    grammar_form: str
     train: TrainConfig
     meta: dict | None          # run.json of the run being continued
     overrides: dict
@@ -77,11 +93,10 @@ class _Plan:
         return self.meta is not None
 
 
-# how (not what) one invocation trains: these come from the caller on every resume
-PER_INVOCATION = ("device", "amp", "max_minutes", "threads", "checkpoint_minutes")
 
 
-def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides, cache_dir, given) -> _Plan:
+def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides, cache_dir, given,
+          train_rows=None, grammar_form="original") -> _Plan:
     from .recipes import recipe, train_config
 
     chosen = recipe(grammar, arch, resolve_device(train.device if train else "auto").type)
@@ -90,18 +105,16 @@ def _plan(out: Path, grammar, model, data, limit, train, resume, arch, overrides
     existing = RunDir.start(out, resume)
     meta = existing.meta if existing is not None else None
     if meta is None:
-        return _Plan(grammar, model, data, limit, train, None, {**chosen.model, **overrides})
+        return _Plan(grammar, model, data, limit, train_rows, grammar_form, train, None, {**chosen.model, **overrides})
     # A resumed run keeps its own settings (its recipe's, not today's defaults); the caller's per-invocation
     # settings apply, and of the others only those given explicitly (``given``: the CLI's flags; from the
     # API without ``given``, a ``train`` config's epoch count, as before).
     if given is None:
         given = {"epochs": train.epochs} if explicit_train else {}
-    known = set(TrainConfig.__dataclass_fields__)
-    own = {k: v for k, v in meta["train"].items() if k in known}
     return _Plan(meta.get("base_grammar", meta["grammar"]), meta.get("label", meta["model"]["model"]),
                  resolve_source(meta["data"]["source"], meta["data"].get("sha256"), cache_dir), meta["data"]["limit"],
-                 TrainConfig(**{**own, **{k: v for k, v in given.items() if k in known},
-                                **{k: getattr(train, k) for k in PER_INVOCATION}}), meta, {})
+                 meta["data"].get("train_rows"), meta.get("grammar_form", "original"),
+                 resumed_config(meta["train"], train, given), meta, {})
 
 
 def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progress, cache_dir):
@@ -119,13 +132,16 @@ def _rows(plan: _Plan, g: Grammar, base_name: str, out: Path, test_split, progre
     else:
         test_split = test_split or ("first" if base_name == "smiles" else "random")
         tr, va, te = split_rows(n, plan.train.seed, test=test_split)
+        if plan.train_rows is not None:
+            tr, va = subsample_split(tr, va, plan.train_rows, plan.train.seed)
     return ds, n, (tr, va, te), test_split
 
 
 def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", data=None, limit: int | None = None,
               train: TrainConfig | None = None, resume: bool = False, progress: bool = True, log=print,
               cache_dir=None, test_split: str | None = None, arch: str = "teacher-forced",
-              init_from: str | Path | None = None, given: dict | None = None, **model_overrides) -> Path:
+              init_from: str | Path | None = None, given: dict | None = None, train_rows: int | None = None,
+              grammar_form: str = "original", **model_overrides) -> Path:
     """Train a grammar model into ``out`` (or continue it with ``resume``) and fit its densities.
 
     ``train``: default, the recipe for the grammar, architecture and device (recipes.py); the
@@ -134,13 +150,24 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     (default otherwise); see :func:`split_rows`. A resumed run keeps the split saved in its directory.
     ``init_from``: a run directory or shipped NAME whose network (configuration and best weights) a
     new run starts from -- to continue training a shipped model, or to fine-tune it on other data.
+    ``train_rows``: train on a seeded sample of this many of the split's training rows (validation: a
+    tenth as many), the test rows unchanged (:func:`subsample_split`).
+    ``grammar_form``: ``original`` (the grammar file as written: the papers' protocols) or ``compact`` (its
+    unit productions folded, grammar/compact.py: the same strings in about half the decoder steps).
     ``given``: on ``resume``, the training settings the caller chose explicitly (the CLI's flags); the
     run's own settings apply to the rest."""
     out = Path(out)
-    plan = _plan(out, grammar, model, data, limit, train, resume, arch, model_overrides, cache_dir, given)
+    plan = _plan(out, grammar, model, data, limit, train, resume, arch, model_overrides, cache_dir, given,
+                 train_rows, grammar_form)
     base = load_grammar(plan.grammar)
+    if plan.grammar_form not in FORMS:
+        raise ConfigError(f"grammar form must be one of {', '.join(FORMS)}, not {plan.grammar_form!r}")
+    if plan.grammar_form == "compact" and plan.model == "cvae":
+        raise ConfigError("the character VAE has no grammar to make compact: use --grammar-form original")
     # The character VAE baseline is the VAE on the grammar's token-level twin (Grammar.character_grammar).
     g, family = (base.character_grammar, "vae") if plan.model == "cvae" else (base, plan.model)
+    if plan.grammar_form == "compact":   # the sizes, data and protocols stay the base grammar's
+        g = compact_grammar(base)
     ds, n, (tr, va, te), test_split = _rows(plan, g, base.name, out, test_split, progress, cache_dir)
     max_length = max(ds.max_length, MIN_STEPS.get(g.name, 0))
     start = load_run(init_from)[0] if init_from is not None and not plan.continuing else None
@@ -167,10 +194,11 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     if rank == 0:
         write_run_files(out, g, tr, va, te, {
             "format": RUN_FORMAT, "label": plan.model, "grammar": g.name, "grammar_sha256": g.sha256,
-            "base_grammar": base.name, "model": config.to_dict(), "train": asdict(plan.train),
+            "base_grammar": base.name, "grammar_form": plan.grammar_form, "model": config.to_dict(), "train": asdict(plan.train),
             **({"init_from": str(init_from)} if start is not None else {}),
             **({"init_from": plan.meta["init_from"]} if plan.continuing and "init_from" in plan.meta else {}),
             "data": {"source": ds.source, "sha256": ds.source_sha256, "limit": plan.limit, "rows": n,
+                     **({"train_rows": plan.train_rows} if plan.train_rows is not None else {}),
                      "train": len(tr), "val": len(va), "test": len(te), "test_split": test_split},
         })
     torch.manual_seed(plan.train.seed)
@@ -181,7 +209,17 @@ def train_run(out: str | Path, grammar: str = "expr", model: str = "rae-l2", dat
     log(f"{plan.model} ({config.arch} architecture) on {g.name}: {sum(p.numel() for p in net.parameters()):,} "
         f"parameters; {len(tr)} train / {len(va)} val / {len(te)} test rows; device {resolve_device(plan.train.device)}")
     train_rules = padded_rules(ds, max_length, tr)
-    trainer = Trainer(net, train_rules, padded_rules(ds, max_length, va), plan.train, out, progress=progress, log=log)
+    inputs = None
+    if plan.train.randomized_inputs:
+        if base.name != "smiles":
+            raise ConfigError("--randomized-inputs rewrites SMILES: it applies to --grammar smiles only")
+        from .data.augment import randomized_inputs
+
+        inputs = torch.from_numpy(randomized_inputs(g, [ds.strings[i] for i in tr], train_rules.numpy(),
+                                                    plan.train.randomized_inputs, plan.train.seed,
+                                                    progress=progress, log=log))
+    trainer = Trainer(net, train_rules, padded_rules(ds, max_length, va), plan.train, out, progress=progress, log=log,
+                      train_inputs=inputs)
     trainer.fit(resume=resume)
     if rank != 0:
         return out
@@ -279,6 +317,18 @@ def load_run(run, which: str = "best", device="cpu") -> tuple[GrammarAE, dict]:
         raise RunError(f"{run.path}: run description is incomplete or invalid ({e})") from e
     meta = {**run.meta, "checkpoint": run.load_weights(net, which)}   # the name loaded: best, or last
     return net.eval().to(device), meta
+
+
+def loaded_model(run, device="auto") -> tuple[GrammarAE, dict, Path]:
+    """(network, meta, run directory) of what evaluate and BO work on: a loaded ``grammar_rae.Model`` as it
+    is (its weights, device and decoding options), or a run directory / shipped NAME loaded here."""
+    from .pretrained import resolve_run
+
+    if hasattr(run, "net") and hasattr(run, "meta") and hasattr(run, "run_dir"):
+        return run.net, run.meta, Path(run.run_dir)
+    run_dir = resolve_run(run)
+    net, meta = load_run(run_dir, device=resolve_device(device))
+    return net, meta, run_dir
 
 
 def load_density(run, kind: str, dim: int) -> ExPostDensity:

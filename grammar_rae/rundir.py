@@ -94,14 +94,15 @@ class RunDir:
     # ------------------------------------------------------------------ grammar runs' own files
     def grammar(self):
         """The grammar the run was trained with (grammar.cfg, checked against run.json's sha256)."""
-        from .grammar import Grammar, GrammarError
+        from .grammar import GrammarError
+        from .grammar.compact import grammar_from_text
 
         self._check_kind("grammar")
         try:
             text = (self.path / "grammar.cfg").read_text(encoding="utf-8")
             if hashlib.sha256(text.encode()).hexdigest() != self.meta["grammar_sha256"]:
                 raise RunError(f"{self.path}/grammar.cfg differs from the grammar this run was trained with")
-            return Grammar(text, name=self.meta["grammar"], path=str(self.path / "grammar.cfg"))
+            return grammar_from_text(text, name=self.meta["grammar"], path=str(self.path / "grammar.cfg"))
         except RunError:
             raise
         except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, GrammarError) as e:

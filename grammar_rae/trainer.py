@@ -50,6 +50,22 @@ class TrainConfig:
     bucket_batches: int = 50        # length bucketing: batches per sorted chunk (models that cut padding)
     recon_rows: int = 500           # validation rows whose exact reconstruction is logged every epoch (0: off)
     threads: int = 0                # CPU threads for PyTorch (0: leave PyTorch's default)
+    randomized_inputs: int = 0      # grammar models: randomized SMILES spellings per training row that the
+                                    # encoder reads in turn with its own (data/augment.py; 0: its own only)
+
+
+# how (not what) one invocation trains: these come from the caller on every resume
+PER_INVOCATION = ("device", "amp", "max_minutes", "threads", "checkpoint_minutes")
+
+
+def resumed_config(own: dict, caller: TrainConfig, given: dict) -> TrainConfig:
+    """The training settings of a resumed run (grammar and image runs alike): its own (run.json), then
+    those the caller gave explicitly (``given``: e.g. the CLI's flags), then the caller's per-invocation
+    ones (device, threads, time budget)."""
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{**{k: v for k, v in own.items() if k in known},
+                          **{k: v for k, v in given.items() if k in known},
+                          **{k: getattr(caller, k) for k in PER_INVOCATION}})
 
 
 def cpu_has_bf16() -> bool:
@@ -122,7 +138,10 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tensor,
                  config: TrainConfig, run_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, train_inputs: torch.Tensor | None = None):
+        """``train_inputs`` [N, K, T]: K encoder inputs per training row (e.g. randomized spellings), one
+        drawn per row and batch (seeded by the update count: a resumed run draws the same); the model's
+        ``loss(targets, inputs)`` reads them."""
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         if config.schedule not in SCHEDULES:
             raise UserError(f"unknown learning-rate schedule {config.schedule!r} (one of {', '.join(SCHEDULES)})")
@@ -138,6 +157,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.model, device_ids=ids)
         self.train_data = train_data.to(self.device)
+        self.train_inputs = train_inputs.to(self.device) if train_inputs is not None else None
         self.val_data = val_data.to(self.device)
         if config.threads and self.device.type == "cpu":
             torch.set_num_threads(config.threads)
@@ -346,8 +366,9 @@ class Trainer:
                 batch = batch[:, :length]
             self._set_lr()
             self.global_step += 1
+            inputs = self._inputs(rows) if self.train_inputs is not None else None
             with self._autocast():
-                total, terms = self.step_model(batch)
+                total, terms = self.step_model(batch) if inputs is None else self.step_model(batch, inputs)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if self.config.grad_clip:
@@ -387,6 +408,16 @@ class Trainer:
                              "checkpoint written, continue with --resume")
                     return None
         return {k: (v / max(done, 1)).item() for k, v in sums.items()}
+
+    def _inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """One of each row's encoder inputs, drawn from a generator seeded by the update count (cut to the
+        longest, as the targets are, when the model cuts padding)."""
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.global_step)
+        pick = torch.randint(self.train_inputs.shape[1], (len(rows),), generator=g)
+        inputs = self.train_inputs[rows.to(self.device), pick.to(self.device)]
+        if self.bucketed:
+            inputs = inputs[:, :max(int(self.model.sequence_lengths(inputs).max()), 1)]
+        return inputs
 
     def best_at_stop(self) -> float:
         """After a stop inside an epoch: validate the weights reached, and commit them as ``best`` when

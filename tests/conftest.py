@@ -27,3 +27,10 @@ def expr():
     from grammar_rae import load_grammar
 
     return load_grammar("expr")
+
+
+@pytest.fixture(scope="session")
+def smiles_compact(smiles):
+    from grammar_rae.grammar.compact import compact_grammar
+
+    return compact_grammar(smiles)

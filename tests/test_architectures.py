@@ -79,7 +79,7 @@ def test_a_class_without_the_interface_is_refused_by_name(monkeypatch, expr):
     A.register(A.Architecture("broken", NoInterface, "grammar_rae.models.teacher_forced:TeacherForcedDecoder"))
     with pytest.raises(ConfigError, match=r"encoder NoInterface does not implement the Encoder interface.*reads_padding"):
         GrammarAE(GrammarAEConfig.for_grammar("expr", 15, arch="broken"), expr)
-    with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose from teacher-forced, gvae"):
+    with pytest.raises(ConfigError, match="unknown architecture 'nope'; choose from teacher-forced, bigru, gvae"):
         GrammarAEConfig.for_grammar("expr", 15, arch="nope")
 
 

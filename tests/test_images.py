@@ -159,3 +159,28 @@ def test_images_cli_train_sample_evaluate(tmp_path):
     assert {"rec", "n", "gmm", "interp"} <= set(rep) and all(rep[k] > 0 for k in ("rec", "n", "gmm", "interp"))
     assert rep["reference_test_vs_val"] < rep["n"]  # real held-out images are closer than 2-epoch samples
     assert (out / "eval" / "interp.png").is_file()
+
+
+def test_a_resumed_image_run_keeps_its_own_settings_and_takes_this_commands_budget(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from grammar_rae.cli import main
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["images", "train", "--dataset", "digits", "--epochs", "1", "--lr", "1e-3",
+                                  "--batch-size", "50", "--limit", "300", "--threads", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    first = json.loads((out / "run.json").read_text())["train"]
+    assert (first["lr"], first["batch_size"], first["threads"]) == (1e-3, 50, 1)
+    # the same command shape with --resume and only --epochs and the budget flags: lr, batch and the
+    # image limit stay the run's own
+    r = CliRunner().invoke(main, ["images", "train", "--dataset", "digits", "--resume", "--epochs", "2",
+                                  "--max-minutes", "30", "--checkpoint-minutes", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "run.json").read_text())
+    t = meta["train"]
+    assert (t["lr"], t["batch_size"], t["epochs"]) == (1e-3, 50, 2) and meta["limit"] == 300
+    assert (t["max_minutes"], t["checkpoint_minutes"], t["threads"]) == (30.0, 5.0, 0)
+    assert json.loads((out / "checkpoints" / "last.json").read_text())["epoch"] == 2

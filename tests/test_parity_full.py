@@ -17,11 +17,12 @@ def read_lines(path):
 @pytest.mark.parametrize("name,path,n_rules,max_len", [
     ("expr", EXPRESSIONS, 12, 15),  # GVAE pads expressions to 15 steps
     ("smiles", ZINC, 76, 277),
+    ("smiles_compact", ZINC, 183, 159),  # the derived compact grammar (grammar/compact.py)
 ])
 def test_parity_with_nltk_on_every_string(name, path, n_rules, max_len, request):
     g = request.getfixturevalue(name)
     strings = read_lines(need(path))
-    if name == "smiles":
+    if name.startswith("smiles"):
         strings = [s.strip() for s in strings]
     assert len(g.productions) == n_rules
     t0 = time.time()

@@ -10,7 +10,7 @@ from . import main, options as O
 @O.out_dir("Folder for everything the demo writes.", required=False, default="runs/demo")
 @O.cache_dir
 @O.semantics
-def demo(out, cache_dir):
+def demo(out, cache_dir, decoding):
     """Molecules from the shipped zinc-grae, then training a small expression model -- offline.
 
     Reconstructs held-out ZINC250k molecules, samples new ones from the ex-post GMM (validity,
@@ -20,4 +20,4 @@ def demo(out, cache_dir):
     """
     from ..demo import run_demo
 
-    run_demo(out, cache_dir=cache_dir, log=click.echo)
+    run_demo(out, cache_dir=cache_dir, log=click.echo, decoding=decoding)

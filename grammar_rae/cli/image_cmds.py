@@ -21,9 +21,12 @@ def images():
                    "cache (`grammar-rae data download mnist|cifar10`); celeba from --data FOLDER of aligned images.")
 @click.option("--model", type=click.Choice(IMAGE_MODELS), default="rae-l2", show_default=True,
               help="The nine rows of the RAE paper's Table 1; β and λ default to the paper's per dataset.")
-@click.option("--epochs", default=20, show_default=True, help="Training epochs (the paper: 100 MNIST, 70-100 CIFAR, 70 CelebA).")
-@click.option("--batch-size", default=100, show_default=True, help="Images per step (the paper: 100).")
-@click.option("--lr", default=5e-4, show_default=True, help="Adam learning rate (the paper: 5e-4 for RAEs on MNIST/CIFAR).")
+@click.option("--epochs", type=int, default=None,
+              help="Training epochs [default: 20; a resumed run keeps its own] (the paper: 100 MNIST, 70-100 CIFAR, "
+                   "70 CelebA).")
+@click.option("--batch-size", type=int, default=None, help="Images per step [default: 100, the paper's].")
+@click.option("--lr", type=float, default=None, help="Adam learning rate [default: 5e-4, the paper's for RAEs on "
+                                                     "MNIST/CIFAR].")
 @click.option("--backbone", type=click.Choice(["paper", "celeba", "small"]), default=None,
               help="paper: the RAE paper's MNIST/CIFAR network; celeba: its CelebA network; small: for "
                    "digits and quick CPU runs. Default: small for digits, celeba for celeba, else paper.")
@@ -31,19 +34,34 @@ def images():
               help="Dataset folder: MNIST IDX files, CIFAR-10 batches, or CelebA's aligned images.")
 @O.out_dir("Run directory to create.")
 @click.option("--limit", type=int, default=None, help="Train on the first N training images only (quick CPU runs).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint, with its own settings (flags given "
+                   "explicitly apply; device, threads and the time budget are this command's).")
+@click.option("--max-minutes", type=float, default=0.0,
+              help="Stop cleanly before an epoch that would not finish within this many minutes (with "
+                   "--checkpoint-minutes: inside it); the same command with --resume goes on.")
+@click.option("--checkpoint-minutes", type=float, default=0.0,
+              help="Also checkpoint inside an epoch every this many minutes (resumable from that batch).")
+@O.threads
 @O.device
 @O.seed
 @O.cache_dir
-def images_train(dataset, model, epochs, batch_size, lr, backbone, data, out, limit, resume, device, seed, cache_dir):
-    """Train an image autoencoder (β, λ default to the paper's per dataset), then fit its densities."""
-    from ..image_runs import train_image_run
-    from ..trainer import TrainConfig
+@click.pass_context
+def images_train(ctx, dataset, model, epochs, batch_size, lr, backbone, data, out, limit, resume, max_minutes,
+                 checkpoint_minutes, threads, device, seed, cache_dir):
+    """Train an image autoencoder (β, λ default to the paper's per dataset), then fit its densities.
+    A checkpoint is written atomically after every epoch; after a kill, the same command with --resume
+    continues."""
+    from ..image_runs import default_image_train, train_image_run
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=0.5, lr_patience=5, min_lr=1e-6,
-                      device=device, seed=seed, grad_clip=0.0, amp=not device.startswith("cpu"), recon_rows=0)
+    cfg = default_image_train(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                              amp=not device.startswith("cpu"), max_minutes=max_minutes,
+                              checkpoint_minutes=checkpoint_minutes, threads=threads or 0)
+    given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items() if v is not None}
+    if ctx.get_parameter_source("seed").name != "DEFAULT":
+        given["seed"] = seed
     run = train_image_run(out, dataset, model, data=data, train=cfg, backbone=backbone, resume=resume, log=click.echo,
-                          limit=limit, cache_dir=cache_dir)
+                          limit=limit, cache_dir=cache_dir, given=given)
     click.echo(f"done: {run}")
 
 

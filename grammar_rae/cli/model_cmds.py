@@ -11,7 +11,7 @@ from . import main, options as O
 
 # the network settings `train` can override (GrammarAEConfig fields) and the schedule (TrainConfig fields)
 NETWORK = ("latent_dim", "decoder_hidden", "decoder_layers", "encoder_hidden", "decoder", "beta", "lam",
-           "vae_epsilon_std", "rule_dropout")
+           "vae_epsilon_std", "rule_dropout", "latent_noise")
 network_options = O.apply(
     click.option("--latent-dim", type=int, default=None, help="Default: 25 (expr), 56 (smiles)."),
     click.option("--decoder-hidden", type=int, default=None, help="GRU width. Default: the recipe's."),
@@ -26,6 +26,9 @@ network_options = O.apply(
                       "replaced by the start token (word dropout; a regulariser that makes the decoder lean on z). "
                       "Default 0. With --init-from, this, --beta, --lam and --vae-epsilon-std may differ from the "
                       "starting run's (the network's sizes may not)."),
+    click.option("--latent-noise", type=float, default=None,
+                 help="RAE/AE, in training: Gaussian noise on each code, this many of the batch's per-dimension "
+                      "standard deviations (0.1: a decoder that also reads the codes' neighbourhood). Default 0."),
     click.option("--vae-epsilon-std", type=float, default=None,
                  help="vae/cvae: scale of the reparameterisation noise. 1.0 (default) is the textbook VAE; 0.01 is "
                       "the GrammarVAE code's convention (its published baselines), which avoids posterior collapse."),
@@ -56,6 +59,10 @@ schedule_options = O.apply(
                  help="Clip the gradient's global norm (0: off). Default: the recipe's (5 for teacher-forced)."),
     click.option("--amp/--no-amp", default=None,
                  help="bf16 autocast on CUDA and on CPUs with native bf16 (default: on); --no-amp trains in fp32."),
+    click.option("--randomized-inputs", type=int, default=None,
+                 help="SMILES: K randomized spellings of each training molecule (RDKit), which the encoder reads "
+                      "in turn with the molecule's own while the decoder's target stays the data's SMILES "
+                      "(randomized in, canonical out). Default 0."),
     O.threads,
     click.option("--max-minutes", type=float, default=None,
                  help="Stop cleanly before an epoch that would not finish within this many minutes of this command "
@@ -75,7 +82,14 @@ schedule_options = O.apply(
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="Training strings (default: the shipped ZINC250k for smiles, the shipped GrammarVAE expression "
                    "set for expr).")
+@click.option("--grammar-form", type=click.Choice(["original", "compact"]), default="original", show_default=True,
+              help="original: the grammar file as written (the papers' protocols); compact: its unit productions "
+                   "folded into their users (derived, not hand-written: the same strings in about half the "
+                   "decoder steps; recorded in run.json).")
 @click.option("--limit", type=int, default=None, help="Use only the first N rows of the data.")
+@click.option("--train-rows", type=int, default=None,
+              help="Train on a seeded sample of N of the split's training rows (validation: N/10, at least 500); "
+                   "the test rows stay the standard ones. For quick experiments where overfitting shows.")
 @O.out_dir("Run directory to create.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--init-from", default=None,
@@ -88,7 +102,7 @@ schedule_options = O.apply(
 @schedule_options
 @network_options
 @O.cache_dir
-def train(grammar_name, model, arch, data, limit, out, resume, init_from, test_split, device, cache_dir, **settings):
+def train(grammar_name, model, arch, data, grammar_form, limit, train_rows, out, resume, init_from, test_split, device, cache_dir, **settings):
     """Train a grammar autoencoder into a run directory, then fit its ex-post densities.
 
     Settings not given come from the measured recipe for the grammar, architecture and device
@@ -109,7 +123,8 @@ def train(grammar_name, model, arch, data, limit, out, resume, init_from, test_s
     settings["max_minutes"] = settings["max_minutes"] or 0.0
     cfg = train_config(grammar_name, arch, device, **settings)
     run = train_run(out, grammar_name, model, data=data, limit=limit, train=cfg, resume=resume, cache_dir=cache_dir,
-                    log=click.echo, test_split=test_split, arch=arch, init_from=init_from, given=given, **network)
+                    log=click.echo, test_split=test_split, arch=arch, init_from=init_from, given=given,
+                    train_rows=train_rows, grammar_form=grammar_form, **network)
     click.echo(f"done: {run} (sample with `grammar-rae sample --run {run} --n 100 --out samples.txt`)")
 
 
@@ -166,11 +181,12 @@ def pretrained_path(name):
 @O.seed
 @O.device
 @O.out_file("Output file: one string a line (an empty line for an invalid decode).")
-def sample(run_dir, n, density, stochastic, temperature, seed, device, out):
+def sample(run_dir, n, density, stochastic, temperature, seed, device, out, decoding):
     """Decode N strings from codes drawn from the run's ex-post density."""
     from ..io import write_lines
 
-    strings = O.load_model(run_dir, device).sample(n, density, seed=seed, stochastic=stochastic, temperature=temperature)
+    strings = O.load_model(run_dir, device, decoding).sample(n, density, seed=seed, stochastic=stochastic,
+                                                             temperature=temperature)
     write_lines(out, strings)
     valid = sum(s is not None for s in strings)
     click.echo(f"{n} samples ({density}): {valid / max(n, 1):.1%} grammar-complete, "
@@ -204,11 +220,11 @@ def encode(run_dir, input_path, out, device):
 @O.decoding
 @O.seed
 @O.device
-def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
+def decode(run_dir, input_path, out, stochastic, temperature, seed, device, decoding):
     """Strings decoded from latent codes under the grammar's masks."""
     from ..io import check_codes, read_codes, write_lines
 
-    m = O.load_model(run_dir, device)
+    m = O.load_model(run_dir, device, decoding)
     strings = m.decode(check_codes(read_codes(input_path), m.latent_dim), stochastic, temperature, seed)
     write_lines(out, strings)
     click.echo(f"{len(strings)} decodes written to {out}; {sum(s is not None for s in strings)} complete")
@@ -220,12 +236,12 @@ def decode(run_dir, input_path, out, stochastic, temperature, seed, device):
 @O.out_file("TSV: input, reconstruction, match.", required=False)
 @O.semantics
 @O.device
-def reconstruct(run_dir, input_path, out, device):
+def reconstruct(run_dir, input_path, out, device, decoding):
     """Encode and decode (argmax) each string; report the fraction reconstructed exactly."""
     from ..io import write_lines
 
     records, unreadable = O.read_records(input_path)
-    result = O.load_model(run_dir, device).reconstruct([s for _, s in records])
+    result = O.load_model(run_dir, device, decoding).reconstruct([s for _, s in records])
     rows = [r for r in result.rows if r.error is None]
     O.report_skipped(input_path, records, result.errors)
     if out:
@@ -246,12 +262,13 @@ def reconstruct(run_dir, input_path, out, device):
 @O.device
 @O.cache_dir
 @O.out_dir("Output folder (default RUN/eval; eval/NAME for a shipped pretrained model).", required=False)
-def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, out):
+def evaluate(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, out, decoding):
     """Reconstruction accuracy and validity/uniqueness/novelty of prior, Gaussian and GMM samples.
 
     Writes metrics.json, report.md, the samples and a plot (molecule grid or function plot).
     """
     from ..evaluate import evaluate_run
 
-    report = evaluate_run(run_dir, n_samples, n_recon, gvae_protocol, seed, device, cache_dir, log=click.echo, out=out)
+    report = evaluate_run(O.load_model(run_dir, device, decoding), n_samples, n_recon, gvae_protocol, seed,
+                          cache_dir=cache_dir, log=click.echo, out=out)
     click.echo(f"written: {report['out']}/metrics.json, report.md")

@@ -84,7 +84,7 @@ def _seeds(ctx, param, value):
 @O.semantics
 def optimize(objective, target, run_dir, protocol, iterations, batch, seeds, n_decode, inducing, gp_epochs, gp_refit_epochs,
              gp_rows, gp_lr, gp_backend, incumbent, ei_search, region, region_quantile, local, new_only, scoring,
-             data_rows, device, threads, out):
+             data_rows, device, threads, out, decoding):
     """Bayesian optimisation in the latent space of a trained run: the benchmarked default, or the
     GrammarVAE/RAE protocol with --protocol gvae.
 
@@ -104,7 +104,7 @@ def optimize(objective, target, run_dir, protocol, iterations, batch, seeds, n_d
                  region_quantile=region_quantile, local=local)
     config = make_config(protocol, gp_kw, objective=objective, target=target, scoring=scoring, iterations=iterations,
                          batch=batch, seeds=tuple(seeds), n_decode=n_decode, data_rows=data_rows, new_only=new_only)
-    report = run_bo(run_dir, config, out, device=device, log=click.echo)
+    report = run_bo(O.load_model(run_dir, device, decoding), config, out, log=click.echo)
     s = report["summary"]
     click.echo(f"fraction valid {s['fraction_valid']['mean']:.2f}, average score {s['average_score']['mean']:.3f} "
                f"(published script's averaging: {s['average_score_published']['mean']:.3f}); "

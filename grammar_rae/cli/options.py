@@ -1,6 +1,8 @@
 """Options several commands share, defined once."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 GRAMMAR_HELP = "Grammar: a shipped name (smiles, expr) or the path of a .cfg file."
@@ -30,39 +32,39 @@ def out_dir(help_text: str, required: bool = True, default=None):
                         help=help_text, show_default=default is not None)
 
 
-def _set_semantics(ctx, param, value):
-    from ..models.semantics import set_enabled
-
-    set_enabled(value)
-    return value
-
-
 _semantics = click.option(
-    "--semantics/--no-semantics", default=True, show_default=True, expose_value=False, callback=_set_semantics,
+    "--semantics/--no-semantics", default=True, show_default=True,
     help="SMILES: decode under the semantic layer as well as the grammar (ring bonds always closed, no closure "
          "onto a bonded atom, valences kept, aromatic atoms on rings, aromatic systems that can be kekulized; "
          "a molecule the masks corner is decoded again by sampling; grammar_rae/models/semantics.py). "
          "--no-semantics: the context-free grammar alone, as the GrammarVAE decodes. No effect on expressions.")
 
-
-def _set_retries(ctx, param, value):
-    from ..models.grammar_ae import set_default_redecodes
-
-    set_default_redecodes(value)   # None (not given): the library's default, whatever an earlier call set
-    return value
-
-
 _retries = click.option(
-    "--retries", type=click.IntRange(min=0), default=None, metavar="N", expose_value=False, callback=_set_retries,
+    "--retries", type=click.IntRange(min=0), default=None, metavar="N",
     help="SMILES, under the semantic layer: copies decoded again by sampling for each molecule the masks corner, "
          "the first good one kept [default: 16]. 0: none, the fastest way to many valid molecules (on zinc-grae "
          "68% valid at 1.7x the grammar alone's valid molecules per second, against 83% at 1.0x with 16; "
          "BENCHMARKS.md).")
 
 
+_rdkit = click.option(
+    "--rdkit/--no-rdkit", default=False, show_default=True,
+    help="SMILES: a finished molecule RDKit cannot read is decoded again by sampling, as one the masks corner "
+         "(up to --retries copies; with or without the semantic layer), so that every returned molecule is valid "
+         "where a copy is. Works for the compact grammar form, which has no semantic layer yet.")
+
+
 def semantics(f):
-    """--semantics/--no-semantics and --retries: how molecules are decoded."""
-    return _semantics(_retries(f))
+    """--semantics/--no-semantics, --retries and --rdkit: how molecules are decoded. The command receives
+    them as one ``decoding`` argument, a DecodeOptions (models/grammar_ae.py): no process-wide switch."""
+    @functools.wraps(f)
+    def command(*args, semantics: bool, retries: int | None, rdkit: bool, **kwargs):
+        from ..models.grammar_ae import REDECODES, DecodeOptions
+
+        options = DecodeOptions(semantics=semantics, retries=REDECODES if retries is None else retries, rdkit=rdkit)
+        return f(*args, decoding=options, **kwargs)
+
+    return _semantics(_retries(_rdkit(command)))
 
 
 def decoding(f):
@@ -83,12 +85,12 @@ def apply(*decorators):
     return wrap
 
 
-def load_model(run_dir, device):
-    """The Model the command works on (grammar_rae.load), decoding as --semantics/--no-semantics says."""
+def load_model(run_dir, device, decoding=None):
+    """The Model the command works on (grammar_rae.load), decoding as ``decoding`` (--semantics/--no-semantics,
+    --retries) says."""
     from ..api import load
-    from ..models.semantics import enabled
 
-    return load(run_dir, device=device, semantics=enabled())
+    return load(run_dir, device=device, decoding=decoding)
 
 
 def read_records(path):

@@ -144,6 +144,11 @@ def _register_shipped():
         summary="conv encoder over rule embeddings + a GRU decoder that reads the previous rule and z at every "
                 "step (learns hundreds of times faster)"))
     register(Architecture(
+        "bigru", f"{__package__}.teacher_forced:BiGRUEncoder", f"{__package__}.teacher_forced:TeacherForcedDecoder",
+        sizes={"smiles": dict(latent_dim=56, embedding_dim=64, encoder_hidden=256, decoder_hidden=384, decoder_layers=1),
+               "expr": dict(latent_dim=25, embedding_dim=64, encoder_hidden=128, decoder_hidden=128, decoder_layers=1)},
+        summary="a bidirectional GRU encoder over rule embeddings (MHG-VAE's) + the teacher-forced GRU decoder"))
+    register(Architecture(
         "gvae", f"{__package__}.gvae_arch:GVAEEncoder", f"{__package__}.gvae_arch:GVAEDecoder",
         sizes={"smiles": dict(latent_dim=56, conv_channels=(9, 9, 10), conv_kernels=(9, 9, 11), encoder_hidden=435,
                               decoder_hidden=501, decoder_layers=3, batch_norm=False),

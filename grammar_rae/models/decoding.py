@@ -25,6 +25,9 @@ class Decoded:
     strings: list            # str for complete derivations, None otherwise
     cornered: torch.Tensor | None = None   # [B] bool: a semantic mask had to be dropped at some step, or
                                            # the finished molecule is broken as a whole (StackMachine.flagged)
+                                           # or refused by the acceptance test (DecodeOptions.rdkit)
+    retried: torch.Tensor | None = None    # [B] bool: the row's first decode was flagged, so copies were
+                                           # decoded (the first-decode validity is that of the others)
 
     @property
     def validity(self) -> float:

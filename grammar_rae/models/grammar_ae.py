@@ -13,7 +13,7 @@ adding an encoder or a decoder is one class and one ``register(...)`` line there
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -32,18 +32,6 @@ MODELS = GRAMMAR_MODELS
 # decoding loop: measured on zinc-grae, one at a time leaves a long tail of single rows, 3x the steps),
 # with draws seeded by REDECODE_SEED
 REDECODES, REDECODE_ROUND, REDECODE_AGAIN, REDECODE_SEED = 16, 2, 2, 0
-# the default of new models' ``redecodes`` in this process (the CLI's --retries; set_default_redecodes)
-_DEFAULT_REDECODES = {"n": REDECODES}
-
-
-def set_default_redecodes(n: int | None) -> None:
-    """The copies new models decode for each row the semantic masks corner (GrammarAE.redecodes; None: the
-    library's REDECODES). 0: none -- the masks alone, the most valid molecules per second (BENCHMARKS.md)."""
-    _DEFAULT_REDECODES["n"] = REDECODES if n is None else check_redecodes(n)
-
-
-def default_redecodes() -> int:
-    return _DEFAULT_REDECODES["n"]
 
 
 def check_redecodes(n) -> int:
@@ -51,6 +39,34 @@ def check_redecodes(n) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ConfigError(f"retries must be a whole number >= 0 (0: no copies), got {n!r}")
     return int(n)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a grammar model decodes: given to :meth:`GrammarAE.decode` (or kept as the model's
+    ``decoding``, its default), never a process-wide switch.
+
+    ``semantics``: SMILES, decode under the semantic layer as well as the grammar (semantics.py; False: the
+    context-free grammar alone, as the GrammarVAE decodes; no effect where a grammar has no layer).
+    ``retries``: copies decoded again by sampling for each row the masks corner (0: the masks alone).
+    ``retry_temperature``: the softmax temperature of those copies.
+    ``rdkit``: SMILES, a finished molecule RDKit cannot read (chem.rdkit_accepts) is flagged like a cornered
+    one and decoded again, with or without the semantic layer (issue 36: every returned sample valid)."""
+
+    semantics: bool = True
+    retries: int = REDECODES
+    retry_temperature: float = 1.0
+    rdkit: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "semantics", bool(self.semantics))
+        object.__setattr__(self, "rdkit", bool(self.rdkit))
+        object.__setattr__(self, "retries", check_redecodes(self.retries))
+        if not self.retry_temperature > 0:
+            raise ConfigError(f"retry_temperature must be > 0, got {self.retry_temperature!r}")
+
+    def replace(self, **changes) -> "DecodeOptions":
+        return replace(self, **changes)
 
 
 # GrammarAE._decode_loop: steps between looks at which rows ended or were cornered (each a host sync: every
@@ -77,6 +93,9 @@ class GrammarAEConfig:
     dropout: float = 0.0            # between stacked GRU layers (teacher-forced)
     rule_dropout: float = 0.0       # teacher-forced, training only: each previous-rule input replaced by the
                                     # start token with this probability (word dropout, Bowman et al. 2016)
+    latent_noise: float = 0.0       # deterministic models, training only: z = μ + this · sd_batch(μ) · ε, ε ~ N(0, I)
+                                    # (a smoother decoder around the codes; CDDD, Winter et al. 2019, trains with
+                                    # latent noise)
     batch_norm: bool = True         # gvae encoder
     beta: float | None = None       # weight of ½‖z‖² (RAE), KL (VAE), ½‖μ‖² (CV-VAE); None: default
     lam: float | None = None        # weight of the decoder regulariser (L2, GP); None: default
@@ -108,6 +127,10 @@ class GrammarAEConfig:
         if self.decoder not in ("gvae", "autoregressive"):
             raise ConfigError("decoder must be 'gvae' or 'autoregressive'")
         self.conv_channels, self.conv_kernels = tuple(self.conv_channels), tuple(self.conv_kernels)
+        if not self.latent_noise >= 0:
+            raise ConfigError(f"latent_noise must be >= 0, got {self.latent_noise}")
+        if self.latent_noise and family(self.model).posterior is not None:
+            raise ConfigError("latent_noise applies to deterministic models (RAE, AE): a VAE samples its own noise")
         if not 0 <= self.rule_dropout < 1:
             raise ConfigError(f"rule_dropout must be in [0, 1), got {self.rule_dropout}")
         if self.rule_dropout and self.arch == "gvae":
@@ -141,20 +164,65 @@ class GrammarAE(nn.Module):
         self.register_buffer("rule_competitors", lhs_mask[torch.as_tensor(self.grammar.rule_lhs)], persistent=False)
         if config.decoder_reg == "sn":
             R.apply_spectral_norm(self.decoder)
-        # decoding under the grammar's semantic layer where it has one (SMILES: ring bonds, valence;
-        # semantics.py); set False to decode under the context-free grammar alone
-        from .semantics import enabled
+        # how decode() decodes when it is given no options: under the grammar's semantic layer where it has
+        # one (SMILES: ring bonds, valence; semantics.py), cornered rows decoded again (DecodeOptions)
+        self.decoding = DecodeOptions()
 
-        self.semantics = enabled()
-        # rows the semantic masks cornered are decoded again by sampling, this many copies each (decode)
-        self.redecodes, self.redecode_temperature = default_redecodes(), 1.0
+    # the fields of ``decoding`` one at a time (the API's Model.semantics / Model.retries)
+    @property
+    def semantics(self) -> bool:
+        return self.decoding.semantics
+
+    @semantics.setter
+    def semantics(self, on: bool) -> None:
+        self.decoding = self.decoding.replace(semantics=on)
+
+    @property
+    def redecodes(self) -> int:
+        return self.decoding.retries
+
+    @redecodes.setter
+    def redecodes(self, n: int) -> None:
+        self.decoding = self.decoding.replace(retries=n)
+
+    def semantic_layer_for(self, options: DecodeOptions | None = None):
+        """The semantics object decoding under ``options`` (default: the model's own) uses (None: the
+        CFG's masks only)."""
+        from .semantics import semantics_for
+
+        return semantics_for(self.grammar) if (options or self.decoding).semantics else None
 
     @property
     def semantic_layer(self):
-        """The semantics object decoding uses (None: the CFG's masks only)."""
-        from .semantics import semantics_for
+        """The semantics object decoding uses by default (None: the CFG's masks only)."""
+        return self.semantic_layer_for()
 
-        return semantics_for(self.grammar) if self.semantics else None
+    def acceptor_for(self, options: DecodeOptions | None = None):
+        """The test a finished string must pass to be kept under ``options`` (None: none): RDKit's, for a
+        SMILES grammar with ``options.rdkit``."""
+        if not (options or self.decoding).rdkit:
+            return None
+        if not self.grammar.name.startswith("smiles") and self.semantic_layer_for(DecodeOptions()) is None:
+            raise ConfigError(f"RDKit acceptance reads SMILES; {self.grammar.name} is not a SMILES grammar")
+        from ..chem import rdkit_accepts
+
+        return rdkit_accepts
+
+    def _rejected(self, rules: torch.Tensor, rows: torch.Tensor, accept) -> torch.Tensor:
+        """[len(rows)] bool: the finished derivations ``rules[rows]`` whose strings ``accept`` refuses."""
+        strings = [self.grammar.derive(r) for r in rules[rows].cpu().numpy()]
+        return torch.as_tensor(~accept(strings), device=rules.device)
+
+    def _with_rejections(self, out: Decoded, accept) -> Decoded:
+        """``out`` with the rows that ``accept`` refuses, and those that did not finish, flagged as cornered
+        (decoded again)."""
+        if accept is None:
+            return out
+        cornered = (out.cornered.clone() if out.cornered is not None else torch.zeros_like(out.complete)) | ~out.complete
+        idx = (out.complete & ~cornered).nonzero().flatten()
+        if len(idx):
+            cornered[idx[self._rejected(out.rules, idx, accept)]] = True
+        return Decoded(out.rules, out.complete, out.strings, cornered)
 
     @property
     def cuts_padding(self) -> bool:
@@ -180,6 +248,8 @@ class GrammarAE(nn.Module):
             z = mean + c.vae_epsilon_std * torch.randn_like(mean) * torch.exp(0.5 * log_var)
         elif posterior == "constant":  # constant posterior variance (Ghosh et al. 2020, Sec. 2)
             z = mean + c.cv_sigma * torch.randn_like(mean)
+        elif self.training and c.latent_noise > 0 and len(mean) > 1:   # noise scaled to the codes' own spread, per dimension
+            z = mean + c.latent_noise * mean.detach().std(0, keepdim=True) * torch.randn_like(mean)
         else:
             z = mean
         return z, mean, log_var
@@ -189,16 +259,18 @@ class GrammarAE(nn.Module):
         return self.decoder(z, rules)
 
     # ------------------------------------------------------------------ the objective
-    def forward(self, rules: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, rules: torch.Tensor, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The training objective, so DistributedDataParallel's forward hooks see it."""
-        return self.loss(rules)
+        return self.loss(rules) if inputs is None else self.loss(rules, inputs=inputs)
 
-    def loss(self, rules: torch.Tensor, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def loss(self, rules: torch.Tensor, allowed: torch.Tensor | None = None,
+             inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """L = L_REC + β·(latent term) + λ·L_REG  (Ghosh et al. 2020, eq. 11), averaged over the batch;
-        ``allowed``: a further mask of L_REC's steps (R.masked_nll)."""
+        ``allowed``: a further mask of L_REC's steps (R.masked_nll); ``inputs``: what the encoder reads
+        instead of the target ``rules`` (another spelling of the same string: data/augment.py)."""
         rules = rules.long()
         c = self.config
-        z, mean, log_var = self.latent(rules)
+        z, mean, log_var = self.latent(rules if inputs is None else inputs.long())
         logits = self.logits(z, rules)
         rec = R.masked_nll(logits, rules, self.rule_competitors, allowed).mean()
         # RAE-GP penalises D(z) on the derivation's own steps: padding steps carry no loss, and a
@@ -226,17 +298,20 @@ class GrammarAE(nn.Module):
 
     @torch.no_grad()
     def decode_repeated(self, z: torch.Tensor, n: int, sample: bool = True, temperature: float = 1.0,
-                        generator: torch.Generator | None = None, max_rows: int = 8192):
+                        generator: torch.Generator | None = None, max_rows: int = 8192,
+                        options: DecodeOptions | None = None):
         """``n`` decodes of the same codes (the GVAE protocol's many decodes per point). The GrammarVAE
         decoder's logits depend only on z, so they are computed once and only the masked choice
-        repeats; an autoregressive decoder runs several repeats as one batch."""
+        repeats; an autoregressive decoder runs several repeats as one batch. ``options``: as
+        :meth:`decode` (its retries unused: many decodes per point already)."""
+        layer = self.semantic_layer_for(options)
         if self.decoder.autoregressive:
             per_call = max(1, min(n, max_rows // max(len(z), 1)))
             done = 0
             while done < n:
                 k = min(per_call, n - done)
                 # many decodes per point already: a cornered one is not decoded again (GrammarAE.decode)
-                out = self._decode_once(z.repeat(k, 1), sample, temperature, generator, True)
+                out = self._decode_once(z.repeat(k, 1), sample, temperature, generator, True, layer)
                 B = len(z)
                 for j in range(k):
                     rows = slice(j * B, (j + 1) * B)
@@ -248,19 +323,20 @@ class GrammarAE(nn.Module):
         logits = self.logits(z)
         self.train(was)
         for _ in range(n):
-            yield masked_decode(self.grammar, logits, sample, temperature, generator, semantics=self.semantic_layer)
+            yield masked_decode(self.grammar, logits, sample, temperature, generator, semantics=layer)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, sample: bool = False, temperature: float = 1.0,
-               generator: torch.Generator | None = None, strings: bool = True) -> Decoded:
+               generator: torch.Generator | None = None, strings: bool = True,
+               options: DecodeOptions | None = None) -> Decoded:
         """Rule sequences and strings from codes, under the grammar's masks (batched): the stack
         machine steps together with the decoder for the whole batch, on CPU or GPU.
 
         Under a semantic layer, a row that the masks cornered (at some step every rule its strongest tier
         allowed was ruled out, so that tier was dropped), or whose finished molecule the layer finds broken
         as a whole (an aromatic atom on no ring: SemanticState.broken), is decoded again from the same code
-        by sampling (temperature ``redecode_temperature``), at most ``redecodes`` times, keeping the first
-        copy that no mask had to give way in; after ``redecodes`` bad copies it keeps its first decode. An
+        by sampling (at ``options.retry_temperature``), at most ``options.retries`` times, keeping the first
+        copy that no mask had to give way in; after that many bad copies it keeps its first decode. An
         autoregressive decoder does this inside its decoding loop (_decode_loop): a row's copies join the
         working set as soon as a mask corners its first decode (or when it ends flagged) while the others
         go on, and a copy that gets cornered is abandoned at that step (it could not be kept). A
@@ -268,11 +344,17 @@ class GrammarAE(nn.Module):
         GMM samples 62% of copies are good and every cornered row got one within 5.) A true derivation is
         never cornered (the masks admit every real molecule), so this changes only decodes that were
         already wrong. Seeded: the same batch of codes gives the same strings (a re-decoded row's draws
-        depend on the other rows decoded with it)."""
-        retries = self.redecodes if self.semantic_layer is not None else 0
+        depend on the other rows decoded with it). ``options``: semantics, retries and their temperature
+        (:class:`DecodeOptions`; default: the model's ``decoding``)."""
+        options = options or self.decoding
+        layer, accept = self.semantic_layer_for(options), self.acceptor_for(options)
+        retries = options.retries if layer is not None or accept is not None else 0
         if self.decoder.autoregressive:
-            return self._decode_once(z, sample, temperature, generator, strings, retries)
-        out = self._decode_once(z, sample, temperature, generator, strings)
+            return self._decode_once(z, sample, temperature, generator, strings, layer, retries,
+                                     options.retry_temperature, accept)
+        out = self._with_rejections(self._decode_once(z, sample, temperature, generator, strings, layer), accept)
+        if out.cornered is not None:
+            out.retried = out.cornered.clone()
         if out.cornered is None or not retries or not bool(out.cornered.any()):
             return out
         gen = torch.Generator(device=z.device).manual_seed(REDECODE_SEED)
@@ -281,7 +363,8 @@ class GrammarAE(nn.Module):
         todo, tries = out.cornered.nonzero().flatten(), 0
         while len(todo) and tries < retries:
             k = min(REDECODE_ROUND, retries - tries)
-            again = self._decode_once(z[todo].repeat_interleave(k, 0), True, self.redecode_temperature, gen, strings)
+            again = self._with_rejections(self._decode_once(z[todo].repeat_interleave(k, 0), True,
+                                                            options.retry_temperature, gen, strings, layer), accept)
             good = (again.complete & ~again.cornered).view(len(todo), k)
             got = good.any(1)
             first = good.long().argmax(1)                               # the first good copy of each row
@@ -295,7 +378,7 @@ class GrammarAE(nn.Module):
                 for i, j in zip(dst.tolist(), src.tolist()):
                     texts[i] = again.strings[j]
             todo, tries = todo[~got], tries + k
-        return Decoded(rules, complete, texts, cornered)
+        return Decoded(rules, complete, texts, cornered, out.retried)
 
     def _select_state(self, state, keep):
         """The decoder's recurrent state for the rows ``keep`` (batch in dim 1; Decoder.initial_state)."""
@@ -307,20 +390,26 @@ class GrammarAE(nn.Module):
             return tuple(s[:, keep] for s in state)
         return state[:, keep]
 
-    def _decode_once(self, z, sample, temperature, generator, strings, retries: int = 0) -> Decoded:
-        """One decode of each code; an autoregressive decoder with ``retries`` > 0 starts a flagged row
-        again in the same loop, sampling, up to ``retries`` times (decode)."""
+    def _decode_once(self, z, sample, temperature, generator, strings, layer, retries: int = 0,
+                     retry_temperature: float = 1.0, accept=None) -> Decoded:
+        """One decode of each code under the semantic layer ``layer`` (None: the grammar alone); an
+        autoregressive decoder with ``retries`` > 0 starts a flagged row again in the same loop, sampling at
+        ``retry_temperature``, up to ``retries`` times (decode); ``accept``: the test a finished string must
+        pass not to be flagged (decode's RDKit acceptance; autoregressive decoders only, decode applies it
+        to the others)."""
         was = self.training
         self.eval()
         try:
             if not self.decoder.autoregressive:
                 return masked_decode(self.grammar, self.logits(z), sample, temperature, generator, strings,
-                                     semantics=self.semantic_layer)
-            return self._decode_loop(z, sample, temperature, generator, strings, retries)
+                                     semantics=layer)
+            return self._decode_loop(z, sample, temperature, generator, strings, layer, retries, retry_temperature,
+                                     accept)
         finally:
             self.train(was)
 
-    def _decode_loop(self, z, sample, temperature, generator, strings, retries) -> Decoded:
+    def _decode_loop(self, z, sample, temperature, generator, strings, layer, retries, retry_temperature,
+                     accept=None) -> Decoded:
         """The autoregressive decoding loop. A first decode that a mask corners (or, at its end, that
         StackMachine.flagged flags) gets ``REDECODE_ROUND`` sampled copies added to the working set at once,
         and each copy that fails (flagged, cornered on the way, or unable to finish in T steps) gets
@@ -328,12 +417,12 @@ class GrammarAE(nn.Module):
         kept and the row's other copies (and its first decode) stop."""
         g, dev = self.grammar, z.device
         B, T, pad = len(z), self.config.max_length, g.padding_index
-        machine = StackMachine(g, B, T, dev, semantics=self.semantic_layer)
+        machine = StackMachine(g, B, T, dev, semantics=layer)
         start = g.n_rules                                               # the decoder's start token
         prev, state, codes = torch.full((B,), start, dtype=torch.long, device=dev), self.decoder.initial_state(z), z
         # the result of each row: its first decode, replaced by its first good copy
         rules = torch.full((B, T), pad, dtype=torch.long, device=dev)
-        complete, flagged, resolved = (torch.zeros(B, dtype=torch.bool, device=dev) for _ in range(3))
+        complete, flagged, resolved, retried = (torch.zeros(B, dtype=torch.bool, device=dev) for _ in range(4))
         made = torch.zeros(B, dtype=torch.long, device=dev)             # copies started per row
         # the working set: the batch row each entry decodes, its derivation so far and length, whether it is
         # a copy, and whether it has left (entries that left are dropped once a quarter of the set has,
@@ -348,7 +437,7 @@ class GrammarAE(nn.Module):
             logits, state = self.decoder.step(z, prev, machine.top(), state)
             scores = _scores(logits, sample, temperature, generator)
             if retries and bool(copy.any()):   # copies sample; first decodes as asked
-                scores = torch.where(copy[:, None], _scores(logits, True, self.redecode_temperature, retry_gen), scores)
+                scores = torch.where(copy[:, None], _scores(logits, True, retry_temperature, retry_gen), scores)
             prev = machine.choose(scores)
             at, here = pos.clamp(max=T - 1), torch.arange(len(live), device=dev)
             work[here, at] = torch.where(pos < T, prev, work[here, at])
@@ -364,7 +453,15 @@ class GrammarAE(nn.Module):
             if not bool(ended.any()) and not (retries and bool(early.any())):
                 continue
             flag = machine.flagged(ended)
+            if accept is not None:   # a string the acceptance test refuses is flagged too, and no string at all
+                flag = flag | (ended & ~machine.done)
+                judge = (ended & machine.done & ~flag).nonzero().flatten()
+                if len(judge):
+                    flag[judge[self._rejected(work, judge, accept)]] = True
             first = ended & ~copy & ~resolved[live]                    # (a row with a good copy keeps it)
+            retried[live[first & flag]] = True
+            if retries:
+                retried[live[early]] = True
             good = ended & copy & machine.done & ~flag & ~resolved[live]
             if bool(good.any()):   # the first good copy of each row (the lowest entry among simultaneous ones)
                 idx = good.nonzero().flatten()
@@ -403,7 +500,9 @@ class GrammarAE(nn.Module):
                 machine.select(stay)
                 live, z, prev, work, pos, copy, gone = (v[stay] for v in (live, z, prev, work, pos, copy, gone))
                 state = self._select_state(state, stay)
-        return finish(g, rules, complete, strings, flagged)
+        out = finish(g, rules, complete, strings, flagged)
+        out.retried = retried
+        return out
 
     @staticmethod
     def _extend_state(state, fresh):

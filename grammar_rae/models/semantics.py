@@ -967,17 +967,7 @@ def _charge_delta(kind, q):
                        torch.where(kind > 0, q, torch.where(kind == -1, -q, -q.abs())))
 
 
-_SEMANTICS: dict = {}
-_ENABLED = {"on": True}
-
-
-def set_enabled(on: bool) -> None:
-    """The default of new models' ``semantics`` attribute in this process (the CLI's --no-semantics)."""
-    _ENABLED["on"] = bool(on)
-
-
-def enabled() -> bool:
-    return _ENABLED["on"]
+_SEMANTICS: dict = {}   # the layer of each grammar (its tables), built once
 
 
 def semantics_for(grammar: Grammar) -> SmilesSemantics | None:

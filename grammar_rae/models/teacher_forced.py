@@ -56,6 +56,44 @@ class ConvEncoder(nn.Module):
         return self.mean(e), (self.log_var(e) if self.log_var is not None else None)
 
 
+class BiGRUEncoder(nn.Module):
+    """A bidirectional GRU over rule embeddings (MHG-VAE's encoder, Kajino 2019: 3 x 384 there; here
+    ``encoder_layers`` x ``encoder_hidden`` per direction): each direction's state after the last true
+    step → dense → μ (and log σ² for the VAE). The backward direction reads each row's own derivation
+    reversed (its rules gathered back to front, padding after them), so neither direction's state at the
+    end depends on the padding; both run as plain batched GRUs (a packed sequence is several times
+    slower on a CPU)."""
+
+    reads_padding = False  # each direction's state is taken at the row's last true step
+
+    def __init__(self, c, g):
+        super().__init__()
+        self.padding_index = g.padding_index
+        self.embedding = nn.Embedding(g.n_rules, c.embedding_dim)
+        layers = int(c.extra.get("encoder_layers", 1))
+        gru = dict(input_size=c.embedding_dim, hidden_size=c.encoder_hidden, num_layers=layers, batch_first=True,
+                   dropout=c.dropout if layers > 1 else 0.0)
+        self.forward_gru, self.backward_gru = nn.GRU(**gru), nn.GRU(**gru)
+        self.dense = nn.Sequential(nn.Linear(2 * c.encoder_hidden, c.encoder_hidden), nn.ReLU())
+        self.mean = nn.Linear(c.encoder_hidden, c.latent_dim)
+        self.log_var = nn.Linear(c.encoder_hidden, c.latent_dim) if c.variational else None
+
+    def forward(self, rules: torch.Tensor):
+        B, T = rules.shape
+        lengths = (rules != self.padding_index).sum(1).clamp(min=1)                  # [B]
+        steps = torch.arange(T, device=rules.device)[None, :]
+        # row b reversed: rules[b, L_b - 1 - t] for t < L_b, then padding
+        back = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+        reversed_rules = rules.gather(1, back)
+        last = (lengths - 1)[:, None, None]
+        out_f, _ = self.forward_gru(self.embedding(rules))
+        out_b, _ = self.backward_gru(self.embedding(reversed_rules))
+        h = torch.cat([out_f.gather(1, last.expand(-1, 1, out_f.shape[2]))[:, 0],
+                       out_b.gather(1, last.expand(-1, 1, out_b.shape[2]))[:, 0]], 1)
+        e = self.dense(h)
+        return self.mean(e), (self.log_var(e) if self.log_var is not None else None)
+
+
 class TeacherForcedDecoder(nn.Module):
     autoregressive = True
     reads_padding = False  # padding steps cost nothing under the grammar mask and come after every real step

@@ -29,7 +29,7 @@ from .objectives import Objective, get_objective
 from .regions import make_region
 
 
-def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, device, log=print,
+def dataset_codes_and_scores(run, objective: Objective, out: Path, device, log=print,
                              data_rows: int | None = None, cache_dir=None, progress: bool = False):
     """Codes and objective scores of the strings of the run's data -- all of them, or a seeded sample
     of ``data_rows`` -- cached in ``out`` under a key of the run's weights, the objective and the rows,
@@ -39,12 +39,12 @@ def dataset_codes_and_scores(run_dir: Path, objective: Objective, out: Path, dev
 
     from ..data.parsed import prepare_dataset
     from ..data.shipped import resolve_source
-    from ..run import encode_rules, load_run, padded_rules
+    from ..run import encode_rules, loaded_model, padded_rules
     from ..rundir import RunDir
 
-    run = RunDir.open(run_dir, "grammar")
-    net, meta = load_run(run, device=device)
-    weights = run.checkpoint(meta["checkpoint"])[2]   # the commit JSON of the checkpoint load_run loaded
+    net, meta, run_dir = loaded_model(run, device)   # a loaded Model as it is, or a run directory loaded
+    device = next(net.parameters()).device
+    weights = RunDir.open(run_dir, "grammar").checkpoint(meta["checkpoint"])[2]   # the commit JSON of the checkpoint load_run loaded
     key = hashlib.sha256(json.dumps([weights.get("sha256"), weights.get("epoch"), meta["data"].get("sha256"),
                                      objective.name, objective.key, data_rows]).encode()).hexdigest()[:16]
     cache = out / f"data-{key}.npz"
@@ -346,7 +346,7 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
              batch: int = 50, seeds=(1,), n_decode: int | None = None, device: str = "auto", gp_kw: dict | None = None,
              progress: bool = True, log=print, data_rows: int | None = None, cache_dir=None,
              scoring: str = "ours", protocol: str = "gvae", new_only: bool | None = None) -> dict:
-    """BO on a run (or a shipped NAME) from keywords, the GrammarVAE/RAE protocol unless ``protocol``
+    """BO on a loaded Model, a run or a shipped NAME from keywords, the GrammarVAE/RAE protocol unless ``protocol``
     names another preset (config.PRESETS; ``Model.optimize`` and the command line start from
     ``default``): builds the :class:`~grammar_rae.optimize.config.BOConfig` (:func:`make_config`) and
     runs :func:`run_bo`. ``gp_kw``: some of :class:`~grammar_rae.optimize.config.GPConfig`'s fields
@@ -357,17 +357,20 @@ def optimize(run_dir: str | Path, objective: str, out: str | Path, target: str |
     return run_bo(run_dir, config, out, device=device, progress=progress, log=log, cache_dir=cache_dir)
 
 
-def run_bo(run_dir: str | Path, config: BOConfig, out: str | Path, device: str = "auto", progress: bool = True,
+def run_bo(run, config: BOConfig, out: str | Path, device: str = "auto", progress: bool = True,
            log=print, cache_dir=None) -> dict:
-    """One BO run as ``config`` says, on a run (or a shipped NAME): see the module docstring. Writes
+    """One BO run as ``config`` says, on a loaded ``grammar_rae.Model`` (decoding as it is set to) or a
+    run directory / shipped NAME (loaded on ``device``): see the module docstring. Writes
     ``out``/report.json, report.md and plots; the same call again resumes after the last iteration."""
     from ..pretrained import resolve_run
 
-    run_dir, out = resolve_run(run_dir), Path(out)
+    out = Path(out)
+    run_dir = Path(run.run_dir) if hasattr(run, "run_dir") else resolve_run(run)
     obj = get_objective(config.objective, config.target, scoring=config.scoring)
     dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    net, z, y, strings = dataset_codes_and_scores(run_dir, obj, out, dev, log, config.data_rows, cache_dir, progress)
+    net, z, y, strings = dataset_codes_and_scores(run, obj, out, dev, log, config.data_rows, cache_dir, progress)
+    dev = next(net.parameters()).device   # a loaded Model's own
     molecules = net.grammar.name.startswith("smiles")
     # what a resumed run must share with the one it continues (more iterations are fine)
     settings = config.resume_settings(obj.key or obj.name, len(z), molecules)
