@@ -51,7 +51,7 @@ class FlowDensity:
         """u and Σ log|det| of the coupling layers, for whitened codes x [n, d]."""
         import torch
 
-        d, a = x.shape[1], x.shape[1] // 2
+        a = x.shape[1] // 2
         logdet = torch.zeros(len(x), dtype=x.dtype)
         for perm, m in zip(self.perms, self.net):
             x = x[:, perm]
