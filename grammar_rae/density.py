@@ -198,7 +198,26 @@ class ExPostDensity:
         return d
 
 
-class SecondStageVAE:
+class _NetDensity:
+    """What the densities made of a torch network share: a fit seeded by ``self.seed`` that leaves the
+    caller's RNG alone (the subclass's ``_fit`` does the work), and the not-fitted check."""
+
+    net = None
+
+    def fit(self, z, dim: int | None = None):
+        import torch
+
+        z = _check(z)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
+            torch.manual_seed(self.seed)
+            return self._fit(z)
+
+    def _need_fit(self):
+        if self.net is None:
+            raise DensityError("the density is not fitted yet: call fit(z) first")
+
+
+class SecondStageVAE(_NetDensity):
     """The second stage of the 2-stage VAE (Dai & Wipf 2019; the RAE paper's 2sVAE row): a VAE
     u → z with MLP encoder/decoder (2 hidden layers, 1024 units in the paper) and a learned decoder
     scale γ, fitted on the (standardised) first-stage codes. Per code, the negative ELBO is
@@ -242,14 +261,6 @@ class SecondStageVAE:
         rec = (x - self.net["dec"](u)).pow(2).sum(1) / (2 * torch.exp(2 * g)) + d * g + 0.5 * d * math.log(2 * math.pi)
         return kl + rec
 
-    def fit(self, z, dim: int | None = None) -> "SecondStageVAE":
-        import torch
-
-        z = _check(z)
-        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
-            torch.manual_seed(self.seed)
-            return self._fit(z)
-
     def _fit(self, z: np.ndarray) -> "SecondStageVAE":
         import torch
 
@@ -268,10 +279,6 @@ class SecondStageVAE:
                 raise DensityError("the second-stage VAE diverged (non-finite loss)")
         self.net.eval()
         return self
-
-    def _need_fit(self):
-        if self.net is None:
-            raise DensityError("the density is not fitted yet: call fit(z) first")
 
     @property
     def dim(self) -> int:

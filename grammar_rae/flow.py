@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .density import _NetDensity
 
-class FlowDensity:
+
+class FlowDensity(_NetDensity):
     kind = "flow"
 
     def __init__(self, layers: int = 8, hidden: int = 256, epochs: int = 200, batch_size: int = 512,
@@ -78,17 +80,7 @@ class FlowDensity:
         u, logdet = self._forward(x)
         return -0.5 * (u * u).sum(1) - 0.5 * u.shape[1] * math.log(2 * math.pi) + logdet
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, z, dim: int | None = None) -> "FlowDensity":
-        import torch
-
-        from .density import _check
-
-        z = _check(z)
-        with torch.random.fork_rng(devices=[]):   # seeded, without touching the caller's RNG
-            torch.manual_seed(self.seed)
-            return self._fit(z)
-
+    # ------------------------------------------------------------------ fitting (_NetDensity.fit seeds it)
     def _fit(self, z: np.ndarray) -> "FlowDensity":
         import copy
 
@@ -134,12 +126,6 @@ class FlowDensity:
         return self
 
     # ------------------------------------------------------------------ using
-    def _need_fit(self):
-        from .density import DensityError
-
-        if self.net is None:
-            raise DensityError("the density is not fitted yet: call fit(z) first")
-
     @property
     def dim(self) -> int:
         self._need_fit()

@@ -34,3 +34,10 @@ def smiles_compact(smiles):
     from grammar_rae.grammar.compact import compact_grammar
 
     return compact_grammar(smiles)
+
+
+def write(tmp_path, text, name="g.cfg"):
+    """A file of ``text`` in ``tmp_path`` (a grammar file by default); its path."""
+    p = tmp_path / name
+    p.write_text(text)
+    return p

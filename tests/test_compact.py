@@ -6,6 +6,7 @@ from pathlib import Path
 import nltk
 import pytest
 
+from conftest import write
 from grammar_rae import ParseError, load_grammar
 from grammar_rae.grammar import GrammarError
 from grammar_rae.grammar.compact import CompactGrammar, compact_grammar, compact_text, grammar_from_text
@@ -16,12 +17,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def lines(name):
     return [l.strip() for l in (FIXTURES / name).read_text().splitlines() if l.strip()]
-
-
-def write(tmp_path, text, name="g.cfg"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
 
 
 def test_a_small_grammar_compacts_as_unit_elimination_says(tmp_path):

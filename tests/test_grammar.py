@@ -2,6 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import write
 from grammar_rae import ParseError, load_grammar
 from grammar_rae.grammar import GrammarError
 from grammar_rae.grammar.reference import nltk_parse
@@ -146,12 +147,6 @@ def test_parse_many_workers_and_errors(smiles):
 
 
 # ------------------------------------------------------------------ any grammar file works
-def write(tmp_path, text, name="g.cfg"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
-
-
 def test_user_grammar_file_without_python(tmp_path):
     g = load_grammar(write(tmp_path, "# @token_separator \" \"\nS -> '(' S ')' S | 'a'\n"))
     assert g.productions[-1] == "Nothing -> None"  # padding appended
